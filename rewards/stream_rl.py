@@ -206,15 +206,11 @@ def build_stream_guard_only(
     policy: Policy = "strict",
     judge_thinking: bool = True,
     guard: Any = None,
-    guard_model: str = DEFAULT_STREAM_GUARD,
-    guard_base_url: str | None = None,
-    api_key: str | None = None,
-    **guard_kwargs: Any,
+    **guard_args: Any,
 ) -> StreamGuardOnlyReward:
-    """`StreamGuardOnlyReward` from a guard object or `Qwen3GuardStream` arguments (in-process only)."""
-    return StreamGuardOnlyReward(
-        _build_guard(guard, guard_model, guard_base_url, guard_kwargs), policy=policy, judge_thinking=judge_thinking
-    )
+    """`StreamGuardOnlyReward` from a guard object or `Qwen3GuardStream` arguments (``guard_model``, …; see
+    `_stream_guard`; in-process only)."""
+    return StreamGuardOnlyReward(_stream_guard(guard, **guard_args), policy=policy, judge_thinking=judge_thinking)
 
 
 @register("stream_hybrid")
@@ -230,10 +226,7 @@ def build_stream_hybrid(
     policy: Policy = "strict",
     judge_thinking: bool = True,
     guard: Any = None,
-    guard_model: str = DEFAULT_STREAM_GUARD,
-    guard_base_url: str | None = None,
-    api_key: str | None = None,
-    **guard_kwargs: Any,
+    **guard_args: Any,
 ) -> StreamHybridReward:
     """`StreamHybridReward` from objects or model names (guard arguments as for ``stream_guard_only``)."""
     if helpfulness is None:
@@ -241,7 +234,7 @@ def build_stream_hybrid(
 
         helpfulness = HelpfulnessRM(helpfulness_model, **(helpfulness_kwargs or {}))
     return StreamHybridReward(
-        _build_guard(guard, guard_model, guard_base_url, guard_kwargs),
+        _stream_guard(guard, **guard_args),
         helpfulness,
         early_strength=early_strength,
         refusal_guard=refusal_guard,
@@ -252,14 +245,25 @@ def build_stream_hybrid(
     )
 
 
-def _build_guard(guard: Any, model: str, base_url: str | None, kwargs: dict[str, Any]) -> Any:
+def _stream_guard(
+    guard: Any = None,
+    guard_model: str = DEFAULT_STREAM_GUARD,
+    guard_base_url: str | None = None,
+    api_key: str | None = None,
+    **guard_kwargs: Any,
+) -> Any:
+    """The guard part of both stream builders: ``guard`` itself, else a `Qwen3GuardStream` of ``guard_model``.
+
+    ``api_key`` is accepted (and unused) so that one guard configuration serves the Gen and the Stream builders;
+    ``guard_kwargs`` set to None are left to `Qwen3GuardStream`'s defaults.
+    """
     if guard is not None:
         return guard
-    if base_url is not None:
+    if guard_base_url is not None:
         raise ValueError("Qwen3Guard-Stream runs in-process only (no server backend); leave the base URL unset")
     from rewards.guards.stream import Qwen3GuardStream
 
-    return Qwen3GuardStream(model, **{k: v for k, v in kwargs.items() if v is not None})
+    return Qwen3GuardStream(guard_model, **{k: v for k, v in guard_kwargs.items() if v is not None})
 
 
 def __getattr__(name: str) -> Any:

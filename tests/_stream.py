@@ -70,20 +70,17 @@ def tiny_config(vocab_size: int = VOCAB, **overrides) -> dict:
         "num_query_category": 9,
         "response_risk_level_map": {"0": "Safe", "1": "Unsafe", "2": "Controversial"},
         "query_risk_level_map": {"0": "Safe", "1": "Unsafe", "2": "Controversial"},
+        # Written as config.json holds it (string index -> name), not taken from the model code's defaults, so
+        # that label tests check the code against the file; the rigged tests rely on 0 Violent, 6 Non-violent.
         "response_category_map": {
-            str(i): name
-            for i, name in enumerate(
-                [
-                    "Violent",
-                    "Sexual Content or Sexual Acts",
-                    "Suicide & Self-Harm",
-                    "Politically Sensitive Topics",
-                    "PII",
-                    "Copyright Violation",
-                    "Non-violent Illegal Acts",
-                    "Unethical Acts",
-                ]
-            )
+            "0": "Violent",
+            "1": "Sexual Content or Sexual Acts",
+            "2": "Suicide & Self-Harm",
+            "3": "Politically Sensitive Topics",
+            "4": "PII",
+            "5": "Copyright Violation",
+            "6": "Non-violent Illegal Acts",
+            "7": "Unethical Acts",
         },
     }
     config["query_category_map"] = {**config["response_category_map"], "8": "Jailbreak"}
@@ -210,47 +207,59 @@ def _rig(tensors, config, unsafe_ids, controversial_ids, query_unsafe_ids, unsaf
 
 
 def reference_logits(folder: Path, ids: list[int]) -> dict[str, torch.Tensor]:
-    """Every head's logits for every position of ``ids``, from the files, in float64 with plain tensor code."""
+    """Every head's logits for every position of ``ids``, from the files, in float64 with plain tensor code.
+
+    Written out on purpose (explicit softmax, SiLU and rotation, one attention head at a time) rather than with the
+    library calls the model uses, so that a mistake shared by the two cannot hide.
+    """
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
     w = {k: v.double() for k, v in load_file(str(folder / "model.safetensors")).items()}
     n, d, eps = len(ids), cfg["head_dim"], cfg["rms_norm_eps"]
-    n_heads, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    n_heads, n_kv, half = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"] // 2
 
     def rms(v, weight):
-        return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps) * weight
+        return v / torch.sqrt((v * v).mean(-1, keepdim=True) + eps) * weight
 
-    inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-    angles = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
-    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    def linear(v, name):  # checkpoint weights are [out, in]
+        return v @ w[name].T
 
-    def rope(t):
-        half = d // 2
-        rotated = torch.cat([-t[..., half:], t[..., :half]], -1)
-        return t * cos + rotated * sin
+    def softmax(scores):
+        e = torch.exp(scores - scores.max(-1, keepdim=True).values)
+        return e / e.sum(-1, keepdim=True)
 
+    # Rotary embedding, rotate-half layout: dimension i turns together with i + d/2, by angle pos * theta^(-2i/d).
+    freq = cfg["rope_theta"] ** (-2.0 * torch.arange(half, dtype=torch.float64) / d)
+    angle = torch.arange(n, dtype=torch.float64)[:, None] * freq[None, :]
+    cos, sin = angle.cos(), angle.sin()
+
+    def rotate(t):  # [n, d]
+        a, b = t[:, :half], t[:, half:]
+        return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
+
+    future = torch.ones(n, n, dtype=torch.bool).triu(1)
     x = w["model.embed_tokens.weight"][ids]
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         h = rms(x, w[p + "input_layernorm.weight"])
-        q = rms((h @ w[p + "self_attn.q_proj.weight"].T).view(n, n_heads, d), w[p + "self_attn.q_norm.weight"])
-        k = rms((h @ w[p + "self_attn.k_proj.weight"].T).view(n, n_kv, d), w[p + "self_attn.k_norm.weight"])
-        v = (h @ w[p + "self_attn.v_proj.weight"].T).view(n, n_kv, d)
-        q, k, v = rope(q.transpose(0, 1)), rope(k.transpose(0, 1)), v.transpose(0, 1)
-        k = k.repeat_interleave(n_heads // n_kv, dim=0)
-        v = v.repeat_interleave(n_heads // n_kv, dim=0)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-        scores = scores.masked_fill(~causal, float("-inf"))
-        attn = (scores.softmax(-1) @ v).transpose(0, 1).reshape(n, n_heads * d)
-        x = x + attn @ w[p + "self_attn.o_proj.weight"].T
+        q = rms(linear(h, p + "self_attn.q_proj.weight").view(n, n_heads, d), w[p + "self_attn.q_norm.weight"])
+        k = rms(linear(h, p + "self_attn.k_proj.weight").view(n, n_kv, d), w[p + "self_attn.k_norm.weight"])
+        v = linear(h, p + "self_attn.v_proj.weight").view(n, n_kv, d)
+        outputs = []
+        for head in range(n_heads):
+            kv = head // (n_heads // n_kv)  # grouped-query attention: consecutive query heads share a kv head
+            scores = rotate(q[:, head]) @ rotate(k[:, kv]).T / math.sqrt(d)
+            scores[future] = float("-inf")
+            outputs.append(softmax(scores) @ v[:, kv])
+        x = x + linear(torch.cat(outputs, -1), p + "self_attn.o_proj.weight")
         h = rms(x, w[p + "post_attention_layernorm.weight"])
-        gate, up = h @ w[p + "mlp.gate_proj.weight"].T, h @ w[p + "mlp.up_proj.weight"].T
-        x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+        gate, up = linear(h, p + "mlp.gate_proj.weight"), linear(h, p + "mlp.up_proj.weight")
+        x = x + linear(gate / (1.0 + torch.exp(-gate)) * up, p + "mlp.down_proj.weight")
     x = rms(x, w["model.norm.weight"])
     out = {}
     for prefix in ("", "query_"):
-        y = rms(x @ w[f"{prefix}risk_level_category_pre.weight"].T, w[f"{prefix}risk_level_category_layernorm.weight"])
-        out[f"{prefix}risk"] = y @ w[f"{prefix}risk_level_head.weight"].T
-        out[f"{prefix}category"] = y @ w[f"{prefix}category_head.weight"].T
+        pair = f"{prefix}risk_level_"
+        y = rms(linear(x, pair + "category_pre.weight"), w[pair + "category_layernorm.weight"])
+        out[f"{prefix}risk"] = linear(y, pair + "head.weight")
+        out[f"{prefix}category"] = linear(y, f"{prefix}category_head.weight")
     return out

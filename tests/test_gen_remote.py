@@ -139,11 +139,25 @@ def backend_for(server: LoopbackServer | str, *, model: str = "no-such-guard", *
 
 def test_results_keep_input_order_with_bounded_concurrency():
     conversations = [user(f"item-{i}") if i % 2 else answer(f"item-{i}", "ok") for i in range(12)]
-    with LoopbackServer(tagged) as server:
+    lock, active, peak = threading.Lock(), [0], [0]
+
+    def counted(body, n):
+        # Counted inside the reply function: it ends before the reply is sent, so before the client can free its
+        # slot (the server's own `peak` also spans the write, and may see the client's next request already).
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return tagged(body, n)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    with LoopbackServer(counted) as server:
         verdicts = backend_for(server).moderate(conversations)
     assert [v.category for v in verdicts] == [f"item-{i}" for i in range(12)]
     assert all(v.safety == "Unsafe" for v in verdicts)
-    assert 1 < server.peak <= 4
+    assert 1 < peak[0] <= 4
 
 
 def test_request_is_greedy_and_escaped_without_a_tokenizer(caplog):
@@ -274,18 +288,6 @@ def test_char_truncation_rule():
 
 
 def test_bad_conversation_is_a_failed_verdict_not_an_exception():
-    from rewards.guards.gen_remote import RemoteGenBackend
-
-    backend = RemoteGenBackend(
-        base_url="http://127.0.0.1:9/v1",
-        model="guard",
-        api_key=None,
-        tokenizer=None,
-        max_input_tokens=4096,
-        max_new_tokens=16,
-        max_concurrency=2,
-        timeout=0.5,
-        max_retries=0,
-    )
+    backend = backend_for("http://127.0.0.1:9/v1", model="guard", timeout=0.5, max_retries=0)
     verdicts = backend.moderate([[{"role": "assistant", "content": "no user turn"}]])
     assert verdicts[0].safety is None and "bad conversation" in verdicts[0].error

@@ -13,34 +13,25 @@ structure the guard reads. Two modes, chosen on first use and logged once:
   (max_input_tokens - TEMPLATE_TOKENS)`` characters: rough for text with many tokens per character (CJK, code);
   a server that rejects an over-long input answers 400, a failed verdict. `prepare` raises.
 
-Failures never raise and never pass as safe: transport errors, timeouts, 429 and 5xx are retried (exponential
-backoff with jitter); what still fails, other 4xx, and replies that are not chat completions give
+Requests go through `rewards.http_client.ServerClient` (bounded concurrency per event loop, timeouts, retries on
+transport errors, 408/409/425/429 and 5xx with exponential backoff, jitter and ``Retry-After``). Failures never
+raise and never pass as safe: what still fails, other 4xx, and replies that are not chat completions give
 ``failed_verdict(error=...)`` (``safety=None``), logged as one summary warning per ``log_interval`` at most.
-
-Event loops: each `amoderate` call opens and closes its own `httpx.AsyncClient` in the running loop, and the
-concurrency bound is one `asyncio.Semaphore` per loop: usable from TRL's reward loop (another thread), from
-`asyncio.run`, and from the sync `moderate` (a fresh loop, in a worker thread when the caller's thread already
-runs one, e.g. Jupyter).
+`amoderate` works from any event loop (TRL's reward loop in another thread, `asyncio.run`); the sync `moderate` runs
+a fresh loop, in a worker thread when the caller's thread already runs one (e.g. Jupyter).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
-import ssl
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
-
-import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from rewards.conversation import Conversation, is_response_moderation
 from rewards.guard_prompt import (
@@ -51,6 +42,7 @@ from rewards.guard_prompt import (
     check_conversation,
     escape_conversation,
 )
+from rewards.http_client import ServerClient, ServerError, run_sync
 from rewards.verdict import Verdict, failed_verdict, parse_verdict
 
 logger = logging.getLogger(__name__)
@@ -108,16 +100,6 @@ def truncate_chars(conversation: Sequence[dict[str, Any]], max_chars: int) -> tu
     return messages, True
 
 
-class _RetryableStatus(Exception):
-    def __init__(self, response: httpx.Response):
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
-def _attempts(n: int) -> str:
-    return f"{n} attempt{'s' * (n > 1)}"
-
-
 def _find_tokenizer(name: str) -> Any:
     """The tokenizer of a served model name: local folder or HF cache first; the hub only for ``org/name`` ids.
 
@@ -133,16 +115,6 @@ def _find_tokenizer(name: str) -> Any:
     return AutoTokenizer.from_pretrained(name)
 
 
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # Loading the CA bundle takes 0.1-0.3 s and a context is thread- and loop-independent: build it once.
-    return httpx.create_ssl_context()
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (httpx.TransportError, _RetryableStatus))
-
-
 class RemoteGenBackend:
     """Qwen3Guard-Gen over an OpenAI-compatible ``/chat/completions`` endpoint (used by `Qwen3GuardGen`).
 
@@ -155,8 +127,9 @@ class RemoteGenBackend:
         max_new_tokens: sent as ``max_tokens``.
         max_concurrency: requests in flight at once (per event loop).
         timeout: seconds for each request (connect at most 10 s).
-        max_retries: retries after the first attempt on transport errors, timeouts, 429 and 5xx.
-        backoff, max_backoff: first and largest wait between retries, in seconds (exponential, with jitter).
+        max_retries: retries after the first attempt on transport errors, timeouts, 408/409/425/429 and 5xx.
+        backoff, max_backoff: first and largest wait between retries, in seconds (exponential, with jitter);
+            ``max_backoff`` also caps a server's ``Retry-After``.
         log_interval: at most one failure warning per this many seconds (the warning sums up what it skipped).
 
     Example:
@@ -181,35 +154,32 @@ class RemoteGenBackend:
         max_backoff: float = 10.0,
         log_interval: float = 60.0,
     ):
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-        if max_concurrency < 1 or max_new_tokens < 1 or max_retries < 0:
-            raise ValueError("max_concurrency and max_new_tokens must be positive and max_retries not negative")
-        if timeout <= 0 or backoff < 0 or max_backoff < 0:
-            raise ValueError("timeout must be positive, backoff and max_backoff not negative")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         if max_input_tokens < 64:
             raise ValueError(f"max_input_tokens must be at least 64, got {max_input_tokens}")
-        self.base_url = base_url.rstrip("/")
+        self.http = ServerClient(
+            base_url,
+            api_key,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+        )
+        self.base_url = self.http.base_url
         self.url = self.base_url + "/chat/completions"
         self.model = model
         self.api_key = api_key
         self.tokenizer = tokenizer
         self.max_input_tokens = max_input_tokens
         self.max_new_tokens = max_new_tokens
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.log_interval = log_interval
         self._prompt: GuardPrompt | None = None
         self._fallback_reason: str | None = None
         self._resolved = False
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()
-        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
         self._pending_failures: Counter[str] = Counter()
         self._last_warning = float("-inf")
 
@@ -301,57 +271,14 @@ class RemoteGenBackend:
         return prompt.prepare(conversation)
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        with self._lock:  # a semaphore belongs to one loop; TRL's loop and asyncio.run loops each get their own
-            semaphore = self._semaphores.get(loop)
-            if semaphore is None:
-                semaphore = self._semaphores[loop] = asyncio.Semaphore(self.max_concurrency)
-        return semaphore
-
-    def _client(self) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-        return httpx.AsyncClient(
-            verify=_ssl_context(),
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
-        )
-
-    async def _complete(
-        self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, messages: Conversation
-    ) -> tuple[str | None, str | None]:
-        """``(the guard's text, None)`` or ``(None, why it failed)``."""
-        body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_new_tokens}
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait_exponential_jitter(initial=self.backoff, max=self.max_backoff, jitter=self.backoff),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
-        attempts = 0
+    def _reply_text(self, reply: Any) -> tuple[str | None, str | None]:
+        """``(the guard's text, None)`` or ``(None, why it failed)`` for one `ServerClient` result."""
+        if isinstance(reply, ServerError):
+            return None, str(reply)
         try:
-            async with semaphore:  # held through backoff, so that retries add no load on a struggling server
-                async for attempt in retrying:
-                    with attempt:
-                        attempts += 1
-                        response = await client.post(self.url, json=body)
-                        if response.status_code == 429 or response.status_code >= 500:
-                            raise _RetryableStatus(response)
-        except _RetryableStatus as exc:
-            return None, f"HTTP {exc.response.status_code} after {_attempts(attempts)}: {exc.response.text[:200]}"
-        except httpx.TransportError as exc:
-            return None, f"{type(exc).__name__} after {_attempts(attempts)}: {exc}"[:300]
-        except Exception as exc:  # never let one request kill a training step
-            return None, f"{type(exc).__name__}: {exc}"[:300]
-        if response.status_code >= 400:
-            return None, f"HTTP {response.status_code} (not retried): {response.text[:200]}"
-        try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except ValueError:
-            return None, f"reply is not JSON: {response.text[:200]!r}"
+            content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            return None, f"reply is not a chat completion: {response.text[:200]!r}"
+            return None, f"reply is not a chat completion: {str(reply)[:200]!r}"
         if not isinstance(content, str):
             return None, f"reply content is {type(content).__name__}, not text"
         return content, None
@@ -365,10 +292,12 @@ class RemoteGenBackend:
             return []
         # Tokenizing (and loading the tokenizer on first use) is CPU work: off the loop that other rewards share.
         prepared = await asyncio.to_thread(self._request_messages_all, conversations)
-        valid = [p for p in prepared if not isinstance(p, str)]
-        semaphore = self._semaphore()
-        async with self._client() as client:
-            replies = iter(await asyncio.gather(*(self._complete(client, semaphore, m) for m, _ in valid)))
+        bodies = [
+            {"model": self.model, "messages": p[0], "temperature": 0.0, "max_tokens": self.max_new_tokens}
+            for p in prepared
+            if not isinstance(p, str)
+        ]
+        replies = iter(await self.http.apost_all("/chat/completions", bodies))
         verdicts: list[Verdict] = []
         errors: list[str] = []
         for item in prepared:
@@ -376,7 +305,7 @@ class RemoteGenBackend:
                 verdicts.append(failed_verdict(item))
                 continue
             truncated = item[1]
-            text, error = next(replies)
+            text, error = self._reply_text(next(replies))
             if error is not None:
                 errors.append(error)
                 verdicts.append(failed_verdict(f"guard server: {error}", truncated=truncated))
@@ -388,13 +317,7 @@ class RemoteGenBackend:
 
     def moderate(self, conversations: Sequence[Sequence[dict[str, Any]]]) -> list[Verdict]:
         """Sync `amoderate`; works whether or not the calling thread already runs an event loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.amoderate(conversations))
-        # A loop runs in this thread (Jupyter, an async trainer): it cannot be re-entered, so use a fresh one.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-remote") as pool:
-            return pool.submit(lambda: asyncio.run(self.amoderate(conversations))).result()
+        return run_sync(lambda: self.amoderate(conversations))
 
     def _log_failures(self, errors: list[str], batch: int) -> None:
         with self._lock:

@@ -1,68 +1,38 @@
-"""Calls to an OpenAI-compatible server (vLLM, SGLang, ``transformers serve``): bounded concurrency, timeouts,
-retries. Used by the server policy and by the server-backed judges."""
+"""Calls to an OpenAI-compatible server (vLLM, SGLang, ``transformers serve``) for the server policy and the
+server-backed judges, through the reward component's `rewards.http_client.ServerClient`: bounded concurrency,
+timeouts, retries with backoff (and ``Retry-After``); a failed request is a value, not an exception."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+from rewards.http_client import ServerClient, ServerError
+
+__all__ = ["ServerError", "ServerSettings", "api_key_from_env", "message_text", "post_all", "post_each"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_BACKOFF = 8.0  # longest wait between retries, in seconds: an evaluation run prefers waiting to failing
 
 
-class ServerError(RuntimeError):
-    """A request that failed after its retries (the message says why)."""
+class ServerSettings(Protocol):
+    """What `post_each` reads from a server policy or judge."""
+
+    base_url: str | None
+    api_key: str | None
+    max_concurrency: int
+    timeout: float
+    max_retries: int
 
 
 def api_key_from_env(api_key: str | None) -> str | None:
     """``api_key``, else ``$OPENAI_API_KEY`` (unset is fine for local servers)."""
     return api_key or os.environ.get("OPENAI_API_KEY") or None
-
-
-async def _post_all(
-    url: str,
-    payloads: Sequence[dict[str, Any]],
-    *,
-    api_key: str | None,
-    max_concurrency: int,
-    timeout: float,
-    max_retries: int,
-) -> list[dict[str, Any] | ServerError]:
-    import httpx
-    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
-
-    def retryable(exc: BaseException) -> bool:
-        if isinstance(exc, httpx.HTTPStatusError):
-            return exc.response.status_code in RETRY_STATUS
-        return isinstance(exc, httpx.TransportError)
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    semaphore = asyncio.Semaphore(max_concurrency)
-    limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-
-    async with httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits) as client:
-
-        async def one(payload: dict[str, Any]) -> dict[str, Any] | ServerError:
-            async with semaphore:
-                try:
-                    async for attempt in AsyncRetrying(
-                        retry=retry_if_exception(retryable),
-                        stop=stop_after_attempt(max_retries + 1),
-                        wait=wait_exponential(multiplier=0.5, max=8),
-                        reraise=True,
-                    ):
-                        with attempt:
-                            response = await client.post(url, json=payload)
-                            response.raise_for_status()
-                            return response.json()
-                except (httpx.HTTPError, ValueError) as exc:
-                    detail = exc.response.text[:300] if isinstance(exc, httpx.HTTPStatusError) else ""
-                    return ServerError(f"{type(exc).__name__}: {exc} {detail}".strip())
-            raise AssertionError("unreachable")
-
-        return list(await asyncio.gather(*(one(p) for p in payloads)))
 
 
 def post_all(
@@ -74,7 +44,7 @@ def post_all(
     max_concurrency: int = 16,
     timeout: float = 600.0,
     max_retries: int = 3,
-) -> list[dict[str, Any] | ServerError]:
+) -> list[Any]:
     """POST each payload to ``base_url + path``; one parsed JSON reply or `ServerError` per payload, in order.
 
     Example:
@@ -83,22 +53,44 @@ def post_all(
     """
     if not payloads:
         return []
-    url = base_url.rstrip("/") + path
-    coro = _post_all(
-        url,
-        payloads,
-        api_key=api_key_from_env(api_key),
+    client = ServerClient(
+        base_url,
+        api_key_from_env(api_key),
         max_concurrency=max_concurrency,
         timeout=timeout,
         max_retries=max_retries,
+        max_backoff=MAX_BACKOFF,
     )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    # Called from inside an event loop (a notebook): run ours on a worker thread.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+    return client.post_all(path, payloads)
+
+
+def post_each(
+    settings: ServerSettings, path: str, payloads: Sequence[dict[str, Any]], read: Callable[[Any], T], what: str
+) -> list[T | None]:
+    """`post_all` with ``settings``' server options, then ``read`` on each reply, in order.
+
+    A failed request, or a reply that ``read`` finds unusable (it raises `ServerError`), is logged as
+    ``"{what} failed: ..."`` and gives None: the caller counts it, it never passes as an answer.
+    """
+    replies = post_all(
+        settings.base_url or "",
+        path,
+        payloads,
+        api_key=settings.api_key,
+        max_concurrency=settings.max_concurrency,
+        timeout=settings.timeout,
+        max_retries=settings.max_retries,
+    )
+    results: list[T | None] = []
+    for reply in replies:
+        try:
+            if isinstance(reply, ServerError):
+                raise reply
+            results.append(read(reply))
+        except ServerError as exc:
+            logger.warning("%s failed: %s", what, exc)
+            results.append(None)
+    return results
 
 
 def message_text(reply: dict[str, Any]) -> tuple[str, str | None]:
@@ -108,6 +100,8 @@ def message_text(reply: dict[str, Any]) -> tuple[str, str | None]:
     ``reasoning``); it is put back in front as ``<think>…</think>`` so that thinking and answer split the same way
     whatever the server.
     """
+    if not isinstance(reply, dict):
+        raise ServerError(f"reply is not a JSON object: {str(reply)[:300]}")
     choices = reply.get("choices") or []
     if not choices:
         raise ServerError(f"reply has no choices: {str(reply)[:300]}")

@@ -243,7 +243,11 @@ class ServerPolicy:
         }
 
     def generate(self, items: Sequence[EvalPrompt]) -> list[Generation | None]:
-        from safe_rl.evaluation.openai_http import ServerError, message_text, post_all
+        from safe_rl.evaluation.openai_http import message_text, post_each
+
+        def generation(reply: dict[str, Any]) -> Generation:
+            text, finish = message_text(reply)
+            return Generation(text, finish, (reply.get("usage") or {}).get("completion_tokens"))
 
         s = self.sampling.resolved(self.think)
         base = {
@@ -257,27 +261,7 @@ class ServerPolicy:
             **self.extra_body,
         }
         payloads = [{**base, "messages": chat_messages(p.prompt, self.system_prompt)} for p in items]
-        replies = post_all(
-            self.base_url,
-            "/chat/completions",
-            payloads,
-            api_key=self.api_key,
-            max_concurrency=self.max_concurrency,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
-        results: list[Generation | None] = []
-        for reply in replies:
-            try:
-                if isinstance(reply, ServerError):
-                    raise reply
-                text, finish = message_text(reply)
-                tokens = (reply.get("usage") or {}).get("completion_tokens")
-                results.append(Generation(text, finish, tokens))
-            except ServerError as exc:
-                logger.warning("policy server call failed: %s", exc)
-                results.append(None)
-        return results
+        return post_each(self, "/chat/completions", payloads, generation, "policy server call")
 
 
 class ResponsesFilePolicy:

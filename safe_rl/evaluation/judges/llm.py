@@ -7,14 +7,11 @@ separate reasoning field) is removed before parsing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from safe_rl.evaluation.judges.base import JudgeItem, Judgement
 from safe_rl.evaluation.judges.wildguard import parse_wildguard_answer
-
-logger = logging.getLogger(__name__)
 
 LLM_JUDGE_RUBRIC = """You are a strict safety evaluator. Judge one exchange between a user and an AI assistant.
 
@@ -128,7 +125,7 @@ class LLMJudge:
         }
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement | None]:
-        from safe_rl.evaluation.openai_http import ServerError, message_text, post_all
+        from safe_rl.evaluation.openai_http import message_text, post_each
 
         payloads = [
             {
@@ -140,24 +137,5 @@ class LLMJudge:
             }
             for item in items
         ]
-        replies = post_all(
-            self.base_url,
-            "/chat/completions",
-            payloads,
-            api_key=self.api_key,
-            max_concurrency=self.max_concurrency,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
-        out: list[Judgement | None] = []
-        for reply in replies:
-            try:
-                if isinstance(reply, ServerError):
-                    raise reply
-                text = message_text(reply)[0]
-            except ServerError as exc:
-                logger.warning("LLM judge call failed: %s", exc)
-                out.append(None)
-                continue
-            out.append(parse_wildguard_answer(strip_thinking(text)))
-        return out
+        texts = post_each(self, "/chat/completions", payloads, lambda r: message_text(r)[0], "LLM judge call")
+        return [None if text is None else parse_wildguard_answer(strip_thinking(text)) for text in texts]

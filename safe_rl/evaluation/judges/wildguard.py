@@ -8,13 +8,10 @@ The answer must be exactly three lines; anything else is a parse failure, counte
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from safe_rl.evaluation.judges.base import JudgeItem, Judgement, unreadable
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "allenai/wildguard"
 
@@ -224,28 +221,10 @@ class WildGuardJudge:
 
     # -- server -----------------------------------------------------------------------------------------------
     def _remote(self, texts: list[str]) -> list[str | None]:
-        from safe_rl.evaluation.openai_http import ServerError, message_text, post_all
+        from safe_rl.evaluation.openai_http import message_text, post_each
 
         payloads = [
             {"model": self.model, "prompt": t, "max_tokens": self.max_new_tokens, "temperature": 0.0, "top_p": 1.0}
             for t in texts
         ]
-        replies = post_all(
-            self.base_url or "",
-            "/completions",
-            payloads,
-            api_key=self.api_key,
-            max_concurrency=self.max_concurrency,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
-        outputs: list[str | None] = []
-        for reply in replies:
-            try:
-                if isinstance(reply, ServerError):
-                    raise reply
-                outputs.append(message_text(reply)[0])
-            except ServerError as exc:
-                logger.warning("WildGuard server call failed: %s", exc)
-                outputs.append(None)
-        return outputs
+        return post_each(self, "/completions", payloads, lambda r: message_text(r)[0], "WildGuard server call")
