@@ -19,21 +19,14 @@ MAX_NEW = 24
 @pytest.fixture(scope="module")
 def policy(qwen_tokenizer_path):
     """A tiny random Qwen3 policy, the real tokenizer (left padding), and its unconstrained greedy rollouts."""
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from _tiny import tiny_config
+    from transformers import AutoTokenizer, Qwen3ForCausalLM
 
     qwen_tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_path)  # our own copy: padding side changes
 
     torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(qwen_tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        intermediate_size=128,
-        initializer_range=0.5,
-    )
+    # Untied and widely initialised: varied greedy rollouts (a tied 0.02-init model repeats its last token).
+    config = tiny_config(len(qwen_tokenizer), initializer_range=0.5, tie_word_embeddings=False)
     model = Qwen3ForCausalLM(config).eval()
     qwen_tokenizer.padding_side = "left"
     texts = [
