@@ -126,6 +126,10 @@ class GuardPrompt:
         specials = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])]
         specials += [str(t.content) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
         self.escaper = ContentEscaper(specials=tuple(specials), line_markers=VERDICT_KEYS + self._template_markers())
+        # Byte-level BPE (Qwen's): every token holds at least one byte, so content of at most `budget` UTF-8 bytes
+        # fits without counting its tokens.
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self.byte_level = type(decoder).__name__ == "ByteLevel"
 
     # -- template ---------------------------------------------------------------------------------------------
     def _apply(self, messages: Sequence[dict[str, Any]]) -> str:
@@ -176,6 +180,8 @@ class GuardPrompt:
     def _truncate(self, messages: Conversation) -> tuple[Conversation, bool]:
         roles = tuple(m["role"] for m in messages)
         budget = self.max_input_tokens - self._fixed_tokens(roles) - 8  # margin for merges across boundaries
+        if self.byte_level and sum(len(m["content"].encode("utf-8")) for m in messages) <= budget:
+            return messages, False  # the common case: no tokenization needed to know it fits
         counts = [self._count(m["content"]) for m in messages]
         if sum(counts) <= budget:
             return messages, False

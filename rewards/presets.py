@@ -14,6 +14,7 @@ Nothing loads at import: the guard and the helpfulness model are built on the fi
 | ``SAFE_RL_POLICY`` | ``strict`` | ``strict`` or ``loose`` |
 | ``SAFE_RL_UNSAFE_CAP`` / ``SAFE_RL_REFUSAL_CAP`` | -10 / -5 | hybrid caps |
 | ``SAFE_RL_JUDGE_THINKING`` | 1 | judge ``<think>`` blocks too (0 to skip) |
+| ``SAFE_RL_SAFETY_SCORE`` | ``label`` | ``label`` (0/1, paper) or ``probability`` (in-process guard only) |
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def reward_from_env(kind: str) -> Any:
     common = {
         "policy": _env("SAFE_RL_POLICY", "strict"),
         "judge_thinking": _env("SAFE_RL_JUDGE_THINKING", "1") not in ("0", "false", "False"),
+        "safety_score": _env("SAFE_RL_SAFETY_SCORE", "label"),
     }
     if kind == "hybrid":
         return get_reward(

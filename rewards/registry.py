@@ -55,12 +55,23 @@ def _guard(
 
 @register("guard_only")
 def build_guard_only(
-    *, policy: str = "strict", judge_thinking: bool = True, guard: Any = None, **guard_args: Any
+    *,
+    policy: str = "strict",
+    judge_thinking: bool = True,
+    safety_score: str = "label",
+    guard: Any = None,
+    **guard_args: Any,
 ) -> Any:
-    """`GuardOnlyReward` from a guard object or guard arguments (``guard_model``, ``guard_base_url``, …)."""
+    """`GuardOnlyReward` from a guard object or guard arguments (``guard_model``, ``guard_base_url``, …);
+    ``safety_score`` is "label" (paper) or "probability" (in-process guard only)."""
     from rewards.safety_rewards import GuardOnlyReward
 
-    return GuardOnlyReward(_guard(guard, **guard_args), policy=policy, judge_thinking=judge_thinking)  # type: ignore[arg-type]
+    return GuardOnlyReward(
+        _guard(guard, **guard_args),
+        policy=policy,  # type: ignore[arg-type]
+        judge_thinking=judge_thinking,
+        safety_score=safety_score,  # type: ignore[arg-type]
+    )
 
 
 @register("hybrid")
@@ -73,10 +84,11 @@ def build_hybrid(
     refusal_cap: float = -5.0,
     policy: str = "strict",
     judge_thinking: bool = True,
+    safety_score: str = "label",
     guard: Any = None,
     **guard_args: Any,
 ) -> Any:
-    """`HybridReward` from objects or model names (guard arguments as for ``guard_only``)."""
+    """`HybridReward` from objects or model names (guard arguments and ``safety_score`` as for ``guard_only``)."""
     from rewards.helpfulness import HelpfulnessRM
     from rewards.safety_rewards import HybridReward
 
@@ -89,4 +101,5 @@ def build_hybrid(
         refusal_cap=refusal_cap,
         policy=policy,  # type: ignore[arg-type]
         judge_thinking=judge_thinking,
+        safety_score=safety_score,  # type: ignore[arg-type]
     )

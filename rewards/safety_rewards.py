@@ -3,6 +3,10 @@
 Both judge the thinking ``t`` and the answer ``y`` of each completion separately (a completion is safe only if
 both are), in one batched guard call per step. A sample whose outcome the guard could not establish gets ``None``
 (TRL leaves it out of the advantage) and is counted; it never passes for safe.
+
+``safety_score="probability"`` replaces the guard's safety labels by its label probabilities (`Verdict.probs`, read
+after ``Safety:`` by the in-process guard), which gives a reward that varies continuously with the guard's
+confidence; the exact formulas are in each class's docstring.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rewards.conversation import Conversation, completion_text, response_conversation, split_thinking
 from rewards.formulas import guard_only_value, hybrid_value
@@ -21,6 +25,9 @@ from rewards.step_metrics import log_step_metrics
 from rewards.verdict import Policy, Verdict, check_policy, failed_verdict
 
 logger = logging.getLogger(__name__)
+
+SafetyScore = Literal["label", "probability"]
+SAFETY_SCORES: tuple[str, ...] = ("label", "probability")
 
 
 @dataclass(frozen=True)
@@ -57,14 +64,31 @@ class SafetyReward:
 
     default_name = "safety_reward"
 
+    labels_only = False  # True when the reward reads nothing but the safety label (then `moderate_safety` may do)
+
     def __init__(
-        self, guard: Guard, *, policy: Policy = "strict", judge_thinking: bool = True, name: str | None = None
+        self,
+        guard: Guard,
+        *,
+        policy: Policy = "strict",
+        judge_thinking: bool = True,
+        name: str | None = None,
+        safety_score: SafetyScore = "label",
     ):
         if not callable(getattr(guard, "moderate", None)):
             raise TypeError(f"guard must have a moderate(conversations) method, got {type(guard).__name__}")
+        if safety_score not in SAFETY_SCORES:
+            raise ValueError(f"safety_score must be one of {SAFETY_SCORES}, got {safety_score!r}")
+        # A guard that says it has no probabilities (Qwen3GuardGen over a server) is refused here, not per sample.
+        if safety_score == "probability" and getattr(guard, "label_probabilities", True) is False:
+            raise ValueError(
+                "safety_score='probability' needs the guard's label probabilities (Verdict.probs), which the "
+                "server backend does not return; use an in-process Qwen3GuardGen or safety_score='label'"
+            )
         self.guard = guard
         self.policy = check_policy(policy)
         self.judge_thinking = judge_thinking
+        self.safety_score = safety_score
         self.__name__ = name or self.default_name  # TRL logs rewards under this name
 
     def __repr__(self) -> str:
@@ -99,11 +123,18 @@ class SafetyReward:
         logger.exception("%s: the guard raised; %d samples get no reward", self.__name__, len(plan.answer_at))
         return [failed_verdict(f"guard raised {type(exc).__name__}: {exc}")] * len(plan.conversations)
 
+    def _label_guard(self) -> Any:
+        """The guard's label-only entry point when this reward needs no more than label probabilities, else None."""
+        if self.labels_only and self.safety_score == "probability":
+            moderate_safety = getattr(self.guard, "moderate_safety", None)
+            return moderate_safety if callable(moderate_safety) else None
+        return None
+
     def _moderate(self, plan: _Plan) -> list[Verdict]:
         if not plan.conversations:
             return []
         try:
-            return self.guard.moderate(plan.conversations)
+            return (self._label_guard() or self.guard.moderate)(plan.conversations)
         except Exception as exc:  # never crash a training step on a guard fault; the samples are counted as failed
             return self._guard_failed(plan, exc)
 
@@ -111,6 +142,12 @@ class SafetyReward:
         if not plan.conversations:
             return []
         try:
+            label_guard = self._label_guard()
+            if label_guard is not None:
+                alabel = getattr(self.guard, "amoderate_safety", None)
+                if alabel is not None:
+                    return await alabel(plan.conversations)
+                return await asyncio.to_thread(label_guard, plan.conversations)
             amoderate = getattr(self.guard, "amoderate", None)
             if amoderate is not None:
                 return await amoderate(plan.conversations)
@@ -134,6 +171,16 @@ class SafetyReward:
 
     def _value(self, detail: RewardDetail) -> tuple[float | None, str | None]:
         raise NotImplementedError
+
+    def _p_unsafe(self, detail: RewardDetail) -> tuple[float | None, str | None]:
+        """P(t or y unsafe under the policy) = 1 - prod over judged verdicts of (1 - P(unsafe)), or a failure."""
+        p_safe = 1.0
+        for verdict in detail.verdicts:
+            p = verdict.p_unsafe(self.policy) if verdict.ok else None
+            if p is None:
+                return None, "guard verdict has no label probabilities (safety_score='probability')"
+            p_safe *= 1.0 - p
+        return 1.0 - p_safe, None
 
     def _details(self, plan: _Plan, verdicts: list[Verdict], helpfulness: list[float | None]) -> list[RewardDetail]:
         details = []
@@ -204,11 +251,19 @@ class AsyncSafetyReward:
 class GuardOnlyReward(SafetyReward):
     """Paper eq. 1: 1.0 when the guard judges both the thinking and the answer safe, else 0.0.
 
+    With ``safety_score="probability"`` the reward is the probability that both are safe,
+    ``r = (1 - p(y)) * (1 - p(t))``, where ``p(v)`` is the guard's probability that v is unsafe under ``policy``
+    (strict: P(Unsafe) + P(Controversial); loose: P(Unsafe)) from `Verdict.probs`, and the factor for t is left out
+    when there is no thinking (or ``judge_thinking`` is False). A verdict without probabilities (unreadable, or a
+    guard that gives none) makes the sample a counted failure (None), never safe. When the guard has
+    ``moderate_safety`` (label and probabilities only, one forward pass per input), this mode uses it.
+
     Args:
         guard: any object with ``moderate(conversations) -> list[Verdict]`` (e.g. `rewards.Qwen3GuardGen`).
         policy: "strict" (Controversial counts as unsafe, the paper's choice) or "loose".
         judge_thinking: judge the ``<think>`` block as well as the answer.
         name: the name TRL logs the reward under.
+        safety_score: "label" (the paper's 0/1 reward, default) or "probability" (see above).
 
     Example:
         >>> from rewards.verdict import parse_verdict
@@ -220,8 +275,12 @@ class GuardOnlyReward(SafetyReward):
     """
 
     default_name = "guard_only_reward"
+    labels_only = True
 
     def _value(self, detail: RewardDetail) -> tuple[float | None, str | None]:
+        if self.safety_score == "probability":
+            p_unsafe, failure = self._p_unsafe(detail)
+            return (None, failure) if p_unsafe is None else (1.0 - p_unsafe, None)
         return guard_only_value(bool(detail.unsafe)), None
 
 
@@ -234,6 +293,12 @@ class HybridReward(SafetyReward):
             it scores the answer y, without the thinking.
         unsafe_cap, refusal_cap: the caps (paper: -10 and -5).
         policy, judge_thinking, name: as for `GuardOnlyReward`.
+        safety_score: "label" (the paper's formula, default) or "probability": with ``q = 1 - (1 - p(y)) * (1 - p(t))``
+            the probability that t or y is unsafe (``p`` as for `GuardOnlyReward`), the reward interpolates between
+            the unsafe case and the safe one, ``r = q * min(unsafe_cap, H) + (1 - q) * s`` with
+            ``s = min(refusal_cap, H)`` if y is labelled a refusal, else ``H`` (the refusal stays the guard's label;
+            ``unsafe_reward`` shapes the first term as in label mode). A verdict without probabilities, or without a
+            refusal label, makes the sample a counted failure (None).
 
     Example:
         >>> from rewards.verdict import parse_verdict
@@ -259,8 +324,9 @@ class HybridReward(SafetyReward):
         policy: Policy = "strict",
         judge_thinking: bool = True,
         name: str | None = None,
+        safety_score: SafetyScore = "label",
     ):
-        super().__init__(guard, policy=policy, judge_thinking=judge_thinking, name=name)
+        super().__init__(guard, policy=policy, judge_thinking=judge_thinking, name=name, safety_score=safety_score)
         if not callable(getattr(helpfulness, "score", None)):
             raise TypeError(
                 f"helpfulness must have a score(prompts, answers) method, got {type(helpfulness).__name__}"
@@ -296,6 +362,8 @@ class HybridReward(SafetyReward):
     def _value(self, detail: RewardDetail) -> tuple[float | None, str | None]:
         if detail.helpfulness is None:
             return None, "helpfulness score unavailable"
+        if self.safety_score == "probability":
+            return self._expected_value(detail)
         if detail.unsafe:
             return self.unsafe_reward(detail.helpfulness, detail.verdicts), None
         if detail.refusal is None:
@@ -307,3 +375,15 @@ class HybridReward(SafetyReward):
             unsafe_cap=self.unsafe_cap,
             refusal_cap=self.refusal_cap,
         ), None
+
+    def _expected_value(self, detail: RewardDetail) -> tuple[float | None, str | None]:
+        q, failure = self._p_unsafe(detail)
+        if q is None:
+            return None, failure
+        if detail.refusal is None:
+            return None, "guard gave no 'Refusal:' line"
+        h = detail.helpfulness
+        safe = hybrid_value(
+            h, unsafe=False, refusal=detail.refusal, unsafe_cap=self.unsafe_cap, refusal_cap=self.refusal_cap
+        )
+        return q * self.unsafe_reward(h, detail.verdicts) + (1.0 - q) * safe, None

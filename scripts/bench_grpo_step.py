@@ -8,6 +8,11 @@ weights rarely stop early), so the guard judges full-length answers.
 
     python scripts/bench_grpo_step.py --shape 4b --steps 4 --output results.json      # on a GPU
     python scripts/bench_grpo_step.py --shape tiny --steps 2                          # smoke run on CPU
+
+With ``--config`` it times real steps of a training config instead, built by the training code itself (any further
+flag is a training flag, e.g. ``--reward_compare hybrid``): the reward's share of a step in the miniature run is
+
+    python scripts/bench_grpo_step.py --config configs/smoke.yaml --steps 4
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -70,34 +76,145 @@ def save(model, tok, folder: Path) -> str:
 
 
 class Timed:
-    """Wraps a reward callable and adds up its wall time."""
+    """Wraps a reward callable and adds up its wall time (``calls``: (start, seconds, process CPU seconds))."""
 
     def __init__(self, reward):
         self.reward = reward
         self.__name__ = reward.__name__
         self.seconds = 0.0
+        self.calls: list[tuple[float, float, float]] = []
 
     def __call__(self, *args, **kwargs):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = self.reward(*args, **kwargs)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - start
+        self.calls.append((start, time.perf_counter() - start, time.process_time() - cpu))
+        self.seconds += self.calls[-1][1]
         return out
 
 
 class StepTimer(TrainerCallback):
     def __init__(self):
         self.times: list[float] = []
-        self._start = 0.0
+        self.spans: list[tuple[float, float]] = []
+        self.cpu: list[float] = []  # process CPU seconds per step
+        self._start = self._cpu = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        self._start, self._cpu = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
+        self.cpu.append(time.process_time() - self._cpu)
+        self.spans.append((self._start, time.perf_counter()))
+        self.times.append(self.spans[-1][1] - self._start)
+
+
+def reward_share(reward: Timed, timer: StepTimer, skip: int = 1) -> dict:
+    """Reward seconds / step seconds over the steps after the first ``skip`` (warm-up: model loading, caches).
+
+    Also by this process's CPU time, which other load on a shared machine disturbs far less than wall time (the
+    reward is synchronous: while it runs, the process does nothing else)."""
+    spans = timer.spans[skip:] or timer.spans
+    in_steps = [sum(s for t, s, _ in reward.calls if a <= t < b) for a, b in spans]
+    cpu_in_steps = [sum(c for t, _, c in reward.calls if a <= t < b) for a, b in spans]
+    step_s = sum(b - a for a, b in spans)
+    step_cpu = sum(timer.cpu[skip:] or timer.cpu)
+    return {
+        "reward_cpu_seconds": sum(cpu_in_steps),
+        "step_cpu_seconds": step_cpu,
+        "reward_share_cpu": sum(cpu_in_steps) / step_cpu,
+        "steps_measured": len(spans),
+        "step_seconds": step_s / len(spans),
+        "reward_seconds_per_step": sum(in_steps) / len(spans),
+        "reward_share": sum(in_steps) / step_s,
+        "step_seconds_all": timer.times,
+        "reward_seconds_all": [s for _, s, _ in reward.calls],
+    }
+
+
+def measure_config(config: str, steps: int, overrides: Sequence[str] = ()) -> dict:
+    """Real GRPO/GSPO steps of a training config (``safe-rl train --config``), ``steps`` per reward kind, built by
+    the training code itself (prompts, guard, helpfulness model, reward) with the reward wrapped by `Timed`.
+
+    The first step of each kind is left out of the share (it loads the guard and warms caches). Evaluation and
+    saving are skipped: they are not part of a step.
+    """
+    from safe_rl.training.config import load_train_config, resolve_model
+    from safe_rl.training.train import build_prompt_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="bench-grpo-share-"))
+    cfg = load_train_config(config, ["--max_steps", str(steps), "--output_dir", str(work), *overrides])
+    policy = resolve_model(cfg.model.model_name_or_path)
+    dataset = build_prompt_dataset(cfg)
+    threads = getattr(cfg, "torch_threads", None)  # as `run_training` does: the file's env OMP_NUM_THREADS
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.enable_grad():  # a caller (bench_reward.py) may have turned gradients off
+            result = _measure_kinds(cfg, policy, dataset, work, steps)
+    finally:
+        torch.set_num_threads(before)
+    result["config"] = config
+    return result
+
+
+def _measure_kinds(cfg, policy: str, dataset, work: Path, steps: int) -> dict:
+    import copy
+
+    from trl import GRPOTrainer, get_peft_config
+    from trl.trainer.utils import is_async_callable
+
+    from safe_rl.training.reward_setup import make_guard, make_helpfulness, make_reward
+
+    guard = make_guard(cfg.reward)
+    helpfulness = make_helpfulness(cfg.reward) if "hybrid" in cfg.reward.kinds else None
+    result: dict = {"steps_per_kind": steps, "torch_threads": torch.get_num_threads(), "kinds": {}}
+    for kind in cfg.reward.kinds:
+        args = copy.deepcopy(cfg.grpo)
+        args.output_dir = str(work / kind)
+        reward = Timed(make_reward(cfg.reward, kind, guard=guard, helpfulness=helpfulness))
+        if is_async_callable(reward.reward):
+            raise SystemExit("an async reward (remote guard) overlaps other work: time it with its trainer logs")
+        timer = StepTimer()
+        trainer = GRPOTrainer(
+            model=policy,
+            reward_funcs=[reward],
+            args=args,
+            train_dataset=dataset,
+            peft_config=get_peft_config(cfg.model),
+            callbacks=[timer],
+        )
+        trainer.train()
+        result["kinds"][kind] = reward_share(reward, timer)
+        del trainer
+    measured = list(result["kinds"].values())
+    result["reward_share"] = sum(m["reward_seconds_per_step"] * m["steps_measured"] for m in measured) / sum(
+        m["step_seconds"] * m["steps_measured"] for m in measured
+    )
+    result["reward_share_cpu"] = sum(m["reward_cpu_seconds"] for m in measured) / sum(
+        m["step_cpu_seconds"] for m in measured
+    )
+    return result
+
+
+def share_lines(result: dict) -> list[str]:
+    """The report of `measure_config`."""
+    lines = []
+    for kind, m in result["kinds"].items():
+        lines.append(
+            f"GRPO step share ({result['config']}, {kind}): reward {m['reward_seconds_per_step']:.2f}s of "
+            f"{m['step_seconds']:.2f}s per step = {100 * m['reward_share']:.1f}% over {m['steps_measured']} steps "
+            f"(first step left out); by process CPU time {100 * m['reward_share_cpu']:.1f}%"
+        )
+    lines.append(
+        f"GRPO step share, all kinds: reward {100 * result['reward_share']:.1f}% of the step wall time "
+        f"({100 * result['reward_share_cpu']:.1f}% by process CPU time)"
+    )
+    return lines
 
 
 def main() -> None:
@@ -114,7 +231,22 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--completion-length", type=int, default=256)
     parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="time real steps of this training config instead (e.g. configs/smoke.yaml, the miniature run): "
+        "--steps steps per reward kind, the reward's share of the step wall time",
+    )
+    args, overrides = parser.parse_known_args()
+    if args.config:
+        result = measure_config(args.config, args.steps, overrides)
+        print(json.dumps(result, indent=2))
+        if args.output:
+            args.output.write_text(json.dumps(result, indent=2))
+        print("\n".join(share_lines(result)))
+        return
+    if overrides:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)} (training flags need --config)")
 
     from trl import GRPOConfig, GRPOTrainer
 

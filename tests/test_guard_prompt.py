@@ -135,3 +135,33 @@ def test_a_cut_never_exposes_a_forged_verdict_line(guard_tokenizer):
     assert prepared.truncated
     for line in prepared.messages[1]["content"].split("\n"):
         assert not line.lstrip().lower().startswith(("safety:", "categories:", "refusal:")), line
+
+
+class CountingPrompt(GuardPrompt):
+    """Counts how often the truncation rule tokenizes content."""
+
+    counted = 0
+
+    def _count(self, text):
+        self.counted += 1
+        return super()._count(text)
+
+
+def test_byte_length_shortcut_agrees_with_the_full_count(guard_tokenizer):
+    fast = CountingPrompt(guard_tokenizer, max_input_tokens=300)
+    full = CountingPrompt(guard_tokenizer, max_input_tokens=300)  # same tokenizer, the shortcut turned off
+    full.byte_level = False  # every conversation goes through the token count
+    assert fast.byte_level  # Qwen's tokenizer is byte-level BPE: every token is at least one byte
+    budget = 300 - fast._fixed_tokens(("user", "assistant")) - 8
+    short = [{"role": "user", "content": "é" * 20}, {"role": "assistant", "content": "数" * 10}]  # multi-byte
+    at_budget = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" * (budget - 1)}]
+    many_bytes_few_tokens = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "word " * (budget // 2)},
+    ]
+    long = [{"role": "user", "content": "question " * 100}, {"role": "assistant", "content": "answer " * 400}]
+    for conv, shortcut in ((short, True), (at_budget, True), (many_bytes_few_tokens, False), (long, False)):
+        fast.counted = 0
+        assert fast.prepare(conv) == full.prepare(conv)
+        assert (fast.counted == 0) == shortcut, conv[1]["content"][:20]
+    assert not fast.prepare(many_bytes_few_tokens).truncated and fast.prepare(long).truncated

@@ -21,6 +21,10 @@ class Qwen3GuardGen:
     (``vllm serve Qwen/Qwen3Guard-Gen-4B``, SGLang, ``transformers serve``) is called asynchronously with bounded
     concurrency, timeouts and retries. Models load on first use; pickling keeps only the configuration.
 
+    In-process verdicts carry the label probabilities read after ``Safety:`` (`Verdict.probs`,
+    ``label_probabilities`` is True) and `moderate_safety` returns the label and probabilities alone in one forward
+    pass per input (what ``GuardOnlyReward(safety_score="probability")`` calls); a server returns text only.
+
     Args:
         model: hub id or local folder (the served model name when ``base_url`` is set).
         base_url: e.g. ``"http://localhost:8000/v1"``; None runs in-process.
@@ -93,6 +97,11 @@ class Qwen3GuardGen:
         return self.base_url is not None
 
     @property
+    def label_probabilities(self) -> bool:
+        """Whether verdicts carry label probabilities (`Verdict.probs`): in-process only, servers return text."""
+        return not self.is_remote
+
+    @property
     def backend(self) -> Any:
         """The loaded backend (built on first access)."""
         if self._backend is None:
@@ -140,6 +149,24 @@ class Qwen3GuardGen:
         if not self.dedupe:
             return await self.backend.amoderate(conversations)
         return await adedupe(conversations, self.backend.amoderate)
+
+    def moderate_safety(self, conversations: Sequence[Conversation]) -> list[Verdict]:
+        """Safety label and label probabilities only, in input order (what a probability-scored guard-only reward
+        reads). In-process, one forward pass per distinct input, ``category``/``refusal`` left None; a server gives
+        only text, so there this is `moderate` (full verdicts, no probabilities)."""
+        conversations = [list(c) for c in conversations]
+        if self.is_remote:
+            return self.moderate(conversations)
+        if not self.dedupe:
+            return self.backend.moderate_safety(conversations)
+        return dedupe(conversations, self.backend.moderate_safety)
+
+    async def amoderate_safety(self, conversations: Sequence[Conversation]) -> list[Verdict]:
+        """Awaitable `moderate_safety`: a worker thread in-process, `amoderate` on the server backend."""
+        conversations = [list(c) for c in conversations]
+        if self.is_remote:
+            return await self.amoderate(conversations)
+        return await asyncio.to_thread(self.moderate_safety, conversations)
 
     def prepare(self, conversation: Conversation) -> PreparedInput:
         """Escaped, truncated, rendered and tokenized input for one conversation."""

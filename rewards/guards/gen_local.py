@@ -1,29 +1,52 @@
-"""In-process Qwen3Guard-Gen with transformers: length-sorted, left-padded, greedy, stopping at the verdict's end.
+"""In-process Qwen3Guard-Gen with transformers: shared prefixes computed once, length-bucketed, exact greedy verdicts.
 
-The official usage decodes 128 new tokens; the verdict is 6-20 tokens. Generation here stops per row as soon as
-the lines the verdict needs are complete (2 for a prompt, 3 for an answer) or the guard ends its turn, and the
-batch stops when every row has.
+What a batch of guard inputs costs here, and why the result is still that of plain greedy decoding:
+
+* Shared prefixes (`rewards.guards.prefix_cache`): the instruction text before the first content is the same for
+  every ``[user]`` input and for every ``[user, assistant]`` input; its keys/values are computed once per backend
+  and copied into each row. Inputs that also share their prompt (a GRPO group's answers and thinking blocks) share
+  the prompt's keys/values too, computed once per call.
+* Length buckets: rows are sorted by what is left to compute and cut into batches by rows and padded tokens.
+  On the CPU, attention skips the causal half of each row's new tokens and copies no key/value heads
+  (`rewards.guards.slot_attention`).
+* Verdict decoding (`rewards.guards.verdict_decode`): ``Safety:`` is read with the input, the format's fixed
+  tokens are proposed and checked in the same passes, rows stop when their verdict lines are complete (or at the
+  end of the turn) and leave the batch. Token for token greedy decoding's output.
+* Label probabilities (`rewards.guards.label_probs`): P(Safe/Unsafe/Controversial) after ``Safety:`` lands on
+  `Verdict.probs`; `moderate_safety` stops each row right there (one forward pass per input) when only the label
+  is needed.
+
+Duplicates are removed before this backend by `rewards.Qwen3GuardGen` (see `rewards.guards.base.dedupe`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+import threading
+import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 
 from rewards.conversation import Conversation
 from rewards.guard_prompt import GuardPrompt, PreparedInput
+from rewards.guards.base import conversation_key
+from rewards.guards.prefix_cache import KVRows, common_prefix_len, extend, length_batches, stack
+from rewards.guards.verdict_decode import RowState, VerdictDecoder, complete_lines
 from rewards.verdict import Verdict, failed_verdict, parse_verdict
 
 logger = logging.getLogger(__name__)
 
 PROMPT_LINES = 2  # Safety, Categories
 RESPONSE_LINES = 3  # Safety, Categories, Refusal
+MIN_SHARED = 8  # a group prefix shorter than this (beyond the template's) is not worth a separate pass
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -57,9 +80,10 @@ def newline_counts(tokenizer: Any) -> torch.Tensor:
 
 
 class VerdictComplete(StoppingCriteria):
-    """Stops a row once it has produced the number of complete, non-blank lines its verdict needs.
+    """For ``generate``: stops a row once it has produced the complete, non-blank lines its verdict needs.
 
-    A row is decoded only on the steps where it has just emitted a newline, so the check costs nothing on most steps.
+    The in-process backend decodes with `rewards.guards.verdict_decode` and the same rule; this criterion gives
+    plain ``generate`` the same stopping point (the exactness tests compare the two).
     """
 
     def __init__(self, tokenizer: Any, prompt_length: int, needed_lines: list[int], counts: torch.Tensor):
@@ -74,19 +98,35 @@ class VerdictComplete(StoppingCriteria):
         last = input_ids[:, -1].clamp(max=counts.numel() - 1)
         for row in (counts[last] > 0).nonzero().flatten().tolist():
             text = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
-            complete = [line for line in text.split("\n")[:-1] if line.strip()]
-            if len(complete) >= self.needed_lines[row]:
+            if complete_lines(text) >= self.needed_lines[row]:
                 self.done[row] = True
         return self.done.to(input_ids.device)
 
 
+@dataclass
+class _Job:
+    index: int
+    prepared: PreparedInput
+    ids: list[int]
+    start: int = 0  # tokens held by the row's prefix state
+    source: tuple[KVRows, int] | None = None  # (state, row) holding ids[:start]
+
+
 class LocalGenBackend:
-    """Runs a Qwen3Guard-Gen checkpoint in this process. Built by `rewards.Qwen3GuardGen`; see its arguments."""
+    """Runs a Qwen3Guard-Gen checkpoint in this process. Built by `rewards.Qwen3GuardGen`; see its arguments.
+
+    ``model`` may also be a loaded causal LM (then ``tokenizer`` names the tokenizer); ``max_batch_tokens`` bounds
+    rows x padded length per forward batch; ``logits_processor`` (a transformers ``LogitsProcessor`` or list) is
+    applied wherever the decoder reads next-token scores, as ``generate`` would apply it (benchmarks force a fixed
+    verdict on random-weight models with it) and sees the last ``processor_context`` input tokens (None: all).
+    Inputs are rendered and tokenized by ``prepare_workers`` threads (default: half the CPUs, at most 8), each with
+    its own tokenizer copy. ``stats`` accumulates tokens and seconds per phase.
+    """
 
     def __init__(
         self,
         *,
-        model: str,
+        model: Any,
         tokenizer: str | None = None,
         device: str | None = None,
         dtype: str = "auto",
@@ -94,21 +134,54 @@ class LocalGenBackend:
         max_input_tokens: int = 8192,
         max_new_tokens: int = 32,
         model_kwargs: dict[str, Any] | None = None,
+        max_batch_tokens: int = 32768,
+        logits_processor: Any = None,
+        processor_context: int | None = None,
+        prepare_workers: int | None = None,
     ):
-        self.device = resolve_device(device)
+        loaded = not isinstance(model, str)
+        self.device = resolve_device(device) if device or not loaded else model.device
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model, dtype=resolve_dtype(dtype, self.device), **(model_kwargs or {})
-        )
+        if loaded:
+            self.model = model
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model, dtype=resolve_dtype(dtype, self.device), **(model_kwargs or {})
+            )
         self.model.to(self.device).eval()
         self.prompt = GuardPrompt(self.tokenizer, max_input_tokens=max_input_tokens)
+        self.max_input_tokens = max_input_tokens
+        self.prepare_workers = prepare_workers or max(1, min(8, (os.cpu_count() or 2) // 2))
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_new_tokens = max_new_tokens
         self.generation_config = self._greedy_config()
         self._newlines = newline_counts(self.tokenizer)
+        self.decoder = VerdictDecoder(
+            self.model,
+            self.tokenizer,
+            max_new_tokens=max_new_tokens,
+            eos_ids=self.generation_config.eos_token_id,
+            newline_ids=set((self._newlines > 0).nonzero().flatten().tolist()),
+            pad_id=self.tokenizer.pad_token_id,
+            logits_processor=logits_processor,
+            processor_context=processor_context,
+        )
+        self._templates: dict[bool, tuple[list[int], KVRows]] = {}
+        self.stats: Counter = Counter()
+
+    @property
+    def logits_processor(self) -> Any:
+        return self.decoder.logits_processor
+
+    @logits_processor.setter
+    def logits_processor(self, value: Any) -> None:
+        self.decoder.logits_processor = value
 
     def _greedy_config(self) -> Any:
         config = copy.deepcopy(self.model.generation_config)
@@ -130,38 +203,161 @@ class LocalGenBackend:
     def prepare(self, conversation: Conversation) -> PreparedInput:
         return self.prompt.prepare(conversation)
 
-    def moderate(self, conversations: Sequence[Conversation]) -> list[Verdict]:
+    def moderate(self, conversations: Sequence[Conversation], *, safety_only: bool = False) -> list[Verdict]:
+        """One verdict per conversation, in input order; ``safety_only`` see `moderate_safety`."""
         results: list[Verdict | None] = [None] * len(conversations)
-        ready: list[tuple[int, PreparedInput]] = []
-        for i, conversation in enumerate(conversations):
-            try:
-                ready.append((i, self.prompt.prepare(conversation)))
-            except (ValueError, TypeError) as exc:
-                results[i] = failed_verdict(f"bad conversation: {exc}")
-        # Longest first: similar lengths share a batch (little padding) and an OOM shows on the first batch.
-        ready.sort(key=lambda item: len(item[1].input_ids), reverse=True)
-        for start in range(0, len(ready), self.batch_size):
-            batch = ready[start : start + self.batch_size]
-            for (i, prepared), text in zip(batch, self._generate([p for _, p in batch]), strict=True):
-                verdict = parse_verdict(text)
-                results[i] = replace(verdict, truncated=prepared.truncated)
+        jobs: list[_Job] = []
+        t0 = time.perf_counter()
+        for i, prepared in enumerate(self._prepare_all(conversations)):
+            if isinstance(prepared, Exception):
+                results[i] = failed_verdict(f"bad conversation: {prepared}")
+            else:
+                jobs.append(_Job(index=i, prepared=prepared, ids=prepared.input_ids))
+        self.stats["prepare_s"] += time.perf_counter() - t0
+        for chunk in self._chunks(jobs):
+            self._share_prefixes(chunk)
+            for job, verdict in self._decode(chunk, safety_only):
+                results[job.index] = verdict
+        self.stats.update(self.decoder.stats)
+        self.decoder.stats.clear()
         return [v if v is not None else failed_verdict("not judged") for v in results]
 
+    def moderate_safety(self, conversations: Sequence[Conversation]) -> list[Verdict]:
+        """Safety label and label probabilities only, one forward pass per input.
+
+        Each row stops at the first token of its label, so ``category`` and ``refusal`` are None (not judged). The
+        label is the one greedy decoding starts to write; an input whose verdict would turn out malformed further
+        on is not caught here (a full `moderate` would return it as a failure). A guard that does not begin with
+        ``Safety:`` is decoded in full for that input.
+        """
+        return self.moderate(conversations, safety_only=True)
+
+    # -- planning ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _prepare_with(prompt: GuardPrompt, conversation: Conversation) -> PreparedInput | Exception:
+        try:
+            return prompt.prepare(conversation)
+        except (ValueError, TypeError) as exc:
+            return exc
+
+    def _prepare_in_worker(self, conversation: Conversation) -> PreparedInput | Exception:
+        prompt = getattr(self._local, "prompt", None)
+        if prompt is None:  # a tokenizer per worker: a fast tokenizer must not be called from two threads at once
+            prompt = GuardPrompt(copy.deepcopy(self.tokenizer), max_input_tokens=self.max_input_tokens)
+            self._local.prompt = prompt
+        return self._prepare_with(prompt, conversation)
+
+    def _prepare_all(self, conversations: Sequence[Conversation]) -> list[PreparedInput | Exception]:
+        """Escaped, truncated, rendered and tokenized inputs; tokenizers release the GIL, so threads help."""
+        if self.prepare_workers < 2 or len(conversations) < 4 * self.prepare_workers:
+            return [self._prepare_with(self.prompt, c) for c in conversations]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.prepare_workers, thread_name_prefix="guard-prepare")
+        return list(self._pool.map(self._prepare_in_worker, conversations))
+
+    def _chunks(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Jobs in runs of whole prompt groups, so that a group's shared prefix lives only while it is needed."""
+        groups: dict[str, list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(self._group_key(job), []).append(job)
+        chunks, current, limit = [], [], 8 * self.batch_size
+        for members in groups.values():
+            current.extend(members)
+            if len(current) >= limit:
+                chunks.append(current)
+                current = []
+        return [*chunks, current] if current else chunks
+
+    @staticmethod
+    def _group_key(job: _Job) -> str:
+        messages = job.prepared.messages
+        return f"{job.prepared.response}:{conversation_key(messages[:-1]) if job.prepared.response else job.index}"
+
+    def _template(self, response: bool) -> tuple[list[int], KVRows]:
+        """Token ids (and their keys/values) of the template text before the first content, for a kind of input."""
+        if response not in self._templates:
+            probes = [
+                [{"role": "user", "content": c}, {"role": "assistant", "content": c}][: 2 if response else 1]
+                for c in ("x", "y")
+            ]
+            ids = [self.prompt.prepare(p).input_ids for p in probes]
+            prefix = ids[0][: common_prefix_len(ids)]
+            state, _ = extend(self.model, None, [prefix], pad_id=self.tokenizer.pad_token_id)
+            self.stats["prefix_tokens"] += len(prefix)
+            self._templates[response] = (prefix, state)
+        return self._templates[response]
+
     @torch.inference_mode()
-    def _generate(self, prepared: list[PreparedInput]) -> list[str]:
-        width = max(len(p.input_ids) for p in prepared)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(prepared), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prepared), width), dtype=torch.long)
-        for row, p in enumerate(prepared):
-            ids[row, width - len(p.input_ids) :] = torch.tensor(p.input_ids)
-            mask[row, width - len(p.input_ids) :] = 1
-        needed = [RESPONSE_LINES if p.response else PROMPT_LINES for p in prepared]
-        stop = StoppingCriteriaList([VerdictComplete(self.tokenizer, width, needed, self._newlines)])
-        out = self.model.generate(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            generation_config=self.generation_config,
-            stopping_criteria=stop,
-        )
-        return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    def _share_prefixes(self, jobs: list[_Job]) -> None:
+        """Point each job at the longest prefix state it can use: its group's, else its kind's template."""
+        t0 = time.perf_counter()
+        for job in jobs:
+            prefix, state = self._template(job.prepared.response)
+            if len(job.ids) > len(prefix) and job.ids[: len(prefix)] == prefix:
+                job.start, job.source = len(prefix), (state, 0)
+        groups: dict[str, list[_Job]] = {}
+        for job in jobs:
+            if job.source is not None and job.prepared.response:
+                groups.setdefault(self._group_key(job), []).append(job)
+        shared = []
+        for members in groups.values():
+            ids = [m.ids for m in members]
+            length = min(common_prefix_len(ids), min(len(x) for x in ids) - 1)
+            if len(members) > 1 and length - members[0].start >= MIN_SHARED:
+                shared.append((members, length))
+        segments = [members[0].ids[members[0].start : length] for members, length in shared]
+        lengths = [len(s) for s in segments]
+        for batch in length_batches(lengths, max_rows=self.batch_size, max_tokens=self.max_batch_tokens):
+            base = self._template(True)[1].select([0] * len(batch))  # every group is of answers
+            state, _ = extend(self.model, base, [segments[b] for b in batch], pad_id=self.tokenizer.pad_token_id)
+            self.stats["group_tokens"] += sum(len(segments[b]) for b in batch)
+            for row, b in enumerate(batch):
+                members, length = shared[b]
+                for m in members:
+                    m.start, m.source = length, (state, row)
+        self._sync()
+        self.stats["prefix_s"] += time.perf_counter() - t0
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _decode(self, jobs: list[_Job], safety_only: bool) -> list[tuple[_Job, Verdict]]:
+        out = []
+        with_prefix = [j for j in jobs if j.source is not None]
+        without = [j for j in jobs if j.source is None]  # a template that renders content into its prefix
+        for part in (with_prefix, without):
+            lengths = [len(j.ids) - j.start for j in part]
+            for batch in length_batches(lengths, max_rows=self.batch_size, max_tokens=self.max_batch_tokens):
+                t0 = time.perf_counter()
+                group = [part[b] for b in batch]
+                if group[0].source is not None:
+                    group.sort(key=lambda j: id(j.source[0]))  # rows of one state side by side: one select each
+                    parts: dict[int, tuple[KVRows, list[int]]] = {}
+                    for j in group:
+                        parts.setdefault(id(j.source[0]), (j.source[0], []))[1].append(j.source[1])
+                    state = stack(list(parts.values()))
+                else:
+                    state = None
+                self._sync()
+                self.stats["stack_s"] += time.perf_counter() - t0
+                rows = [self.decoder.new_row(j.ids, j.prepared.response) for j in group]
+                self.decoder.run(state, rows, [j.ids[j.start :] for j in group], safety_only=safety_only)
+                self.stats["input_tokens"] += sum(len(j.ids) for j in group)
+                self.stats["rest_tokens"] += sum(len(j.ids) - j.start for j in group)
+                self.stats["generated_tokens"] += sum(len(r.generated) for r in rows)
+                out.extend((j, self._verdict(j, r)) for j, r in zip(group, rows, strict=True))
+                self._sync()
+                self.stats["decode_s"] += time.perf_counter() - t0
+        return out
+
+    def _verdict(self, job: _Job, row: RowState) -> Verdict:
+        if row.label is not None:  # stopped at the label (moderate_safety)
+            return Verdict(
+                safety=row.label, raw=f"Safety: {row.label}", probs=row.probs, truncated=job.prepared.truncated
+            )
+        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        verdict = parse_verdict(text)
+        return replace(verdict, truncated=job.prepared.truncated, probs=row.probs if verdict.ok else None)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

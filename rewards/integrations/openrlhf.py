@@ -4,7 +4,8 @@ OpenRLHF posts ``{"query": [...], "prompts": [...], "labels": [...]}`` where eac
 prompt followed by the response; the reply is ``{"rewards": [...], "scores": [...], "extra_logs": {...}}``. The
 response is the query after its prompt; the prompt's turns are read back from ChatML (Qwen's chat format). Samples
 that could not be judged get `failure_score` (pessimistic) and are counted in ``extra_logs``.
-Needs the ``serve`` extra (FastAPI, uvicorn); start it with ``safe-rl serve-reward``.
+Needs the ``serve`` extra (FastAPI, uvicorn); start it with ``safe-rl serve-reward`` (``--safety-score probability``
+scores safety by the guard's label probabilities, see `rewards.safety_rewards`).
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the request model class itself, not a string.

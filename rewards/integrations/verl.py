@@ -7,6 +7,7 @@ messages) when preparing the parquet files. In the verl config::
       path: <site-packages>/rewards/integrations/verl.py
       name: compute_score_batch          # with reward_model.reward_manager=batch (one guard call per batch)
       reward_kwargs: {reward: hybrid}    # or guard_only; models are set by the SAFE_RL_* variables
+                                         # (SAFE_RL_SAFETY_SCORE=probability: guard label probabilities)
 
 ``compute_score`` is the per-sample form for verl's naive reward manager (correct but one guard call per sample).
 Each result is a dict: ``score`` plus ``unsafe``, ``refusal`` and ``judged`` (1/0, NaN when unknown), which verl logs.

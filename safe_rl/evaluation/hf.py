@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
+
+from rewards.guards.padding import left_pad as left_pad  # the one padding helper; re-exported for the evaluation code
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +48,6 @@ def pad_token_id(tokenizer: Any) -> int:
         if candidate is not None:
             return int(candidate)
     raise ValueError("the tokenizer has no pad, eos or unk token to pad with")
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with the rows right-aligned, as decoder-only generation needs."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 class LinesComplete(StoppingCriteria):

@@ -1,0 +1,148 @@
+"""CPU attention for `rewards.guards.prefix_cache` batches: causal work skipped, no key/value head copies.
+
+A batch that `prefix_cache.extend` runs has a known layout: every row holds a prefix of cached slots (any of them
+may be padding) and a left-padded chunk of new tokens. Stock transformers turns that into one boolean
+``[rows, 1, chunk, slots]`` mask; torch's CPU flash kernel then computes every query against every key (a mask
+stops it from skipping the causal upper triangle) and, with a mask, transformers first copies the key/value heads
+up to the query heads (``repeat_kv``). Here, with the same kernel:
+
+* long chunks (the first pass over the inputs): the queries against the prefix (mask, no causality), then the
+  chunk against itself with ``is_causal`` (the kernel skips the blocks above the diagonal; rows are rolled so that
+  their padding comes last), merged with the two log-sum-exps: softmax over the union of the keys, rounding aside;
+* short chunks (decoding passes of a few tokens): one call with an additive mask;
+* key/value heads passed as they are (the kernel handles grouped-query attention itself).
+
+`rows_attention` switches a model to this function for one forward pass; anything else (another mask, another
+device, another architecture) goes to transformers' own SDPA function unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "guard_rows_sdpa"
+SPLIT_MIN = 64  # a chunk this long is split into prefix + per-row causal parts; shorter ones take one masked call
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+@dataclass
+class RowsLayout:
+    """What a forward pass over a `KVRows` state + left-padded chunk attends to (passed as its attention mask)."""
+
+    prefix: int  # cached slots before the chunk
+    prefix_bias: torch.Tensor | None  # [rows, 1, 1, prefix], 0 where a slot is visible, -inf where not
+    prefix_rows: list[bool]  # rows with at least one visible prefix slot
+    pads: list[int]  # left padding of each row's chunk
+    full_bias: torch.Tensor | None  # [rows, 1, chunk, prefix + chunk] for short chunks (one call), else None
+
+
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``mask`` is true, -inf elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: torch.dtype) -> RowsLayout:
+    """The layout of one pass: ``state_mask`` ``[rows, prefix]`` (or None), ``chunk_mask`` ``[rows, chunk]`` left-padded."""
+    rows, width = chunk_mask.shape
+    pads = (width - chunk_mask.sum(1)).tolist()
+    prefix = 0 if state_mask is None else state_mask.shape[1]
+    visible = state_mask.bool() if state_mask is not None else chunk_mask.new_zeros(rows, 0, dtype=torch.bool)
+    if width >= SPLIT_MIN:
+        return RowsLayout(
+            prefix=prefix,
+            prefix_bias=additive(visible[:, None, None, :], dtype) if prefix else None,
+            prefix_rows=visible.any(1).tolist(),
+            pads=pads,
+            full_bias=None,
+        )
+    causal = torch.ones(width, width, dtype=torch.bool, device=chunk_mask.device).tril()
+    chunk = causal[None] & chunk_mask.bool()[:, None, :]
+    full = torch.cat([visible[:, None, :].expand(rows, width, prefix), chunk], 2)
+    return RowsLayout(
+        prefix=prefix, prefix_bias=None, prefix_rows=[], pads=pads, full_bias=additive(full[:, None], dtype)
+    )
+
+
+def rows_attention_forward(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """An attention function for transformers' ``AttentionInterface``; see the module docstring."""
+    if not isinstance(attention_mask, RowsLayout):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    lay = attention_mask
+    if lay.full_bias is not None:
+        out, _ = _flash(query, key, value, 0.0, False, attn_mask=lay.full_bias, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    p0, width = lay.prefix, query.shape[2]
+    # Each row's chunk rolled left by its padding (right-padded): a top-left causal mask is then the row's own
+    # causal mask, for all rows in one call; the padding queries at the end are garbage and rolled back over padding.
+    shift = torch.as_tensor(lay.pads, device=query.device)[:, None]
+    steps = torch.arange(width, device=query.device)[None, :]
+    own, own_lse = _flash(
+        _roll(query, (steps + shift) % width),
+        _roll(key[:, :, p0:], (steps + shift) % width),
+        _roll(value[:, :, p0:], (steps + shift) % width),
+        0.0,
+        True,
+        scale=scaling,
+    )
+    back = (steps - shift) % width
+    own, own_lse = _roll(own, back), own_lse.gather(2, back[:, None, :].expand(own_lse.shape))
+    if not p0:
+        return own.transpose(1, 2).contiguous(), None
+    out, lse = _flash(query, key[:, :, :p0], value[:, :, :p0], 0.0, False, attn_mask=lay.prefix_bias, scale=scaling)
+    lse = lse.masked_fill(~torch.as_tensor(lay.prefix_rows, device=lse.device)[:, None, None], float("-inf"))
+    # softmax over prefix + chunk keys from the two partial softmaxes: weights exp(lse_part - lse_all)
+    total = torch.logaddexp(lse, own_lse)
+    out = out * (lse - total).exp_()[..., None] + own * (own_lse - total).exp_()[..., None]
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _roll(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[r, h, index[r, t]]`` for ``x`` ``[rows, heads, tokens, dim]`` and ``index`` ``[rows, tokens]``."""
+    return x.gather(2, index[:, None, :, None].expand(x.shape[0], x.shape[1], index.shape[1], x.shape[3]))
+
+
+AttentionInterface.register(NAME, rows_attention_forward)
+AttentionMaskInterface.register(NAME, sdpa_mask)  # a stock call made meanwhile (another thread) gets SDPA's mask
+
+
+def supports(model: Any) -> bool:
+    """Whether `rows_attention` applies: a Qwen3 model on the CPU, with SDPA and full attention in every layer."""
+    config = model.config
+    return (
+        model.device.type == "cpu"
+        and config.model_type == "qwen3"
+        and config._attn_implementation == "sdpa"
+        and all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
+        and model.dtype in (torch.float32, torch.bfloat16)
+    )
+
+
+@contextmanager
+def rows_attention(model: Any) -> Iterator[None]:
+    """Runs the model's attention through `rows_attention_forward` inside the block (then restores it)."""
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous

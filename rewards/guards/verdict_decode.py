@@ -1,0 +1,226 @@
+"""Exact greedy decoding of guard verdicts, several tokens per forward pass: the format proposes, the model checks.
+
+A Qwen3Guard-Gen verdict is mostly fixed text: ``Safety:``, a label, ``\\nCategories:``, a category, ``\\nRefusal:``,
+Yes/No, end of turn. After the model's own next token, the decoder appends the tokens the format then fixes (a
+draft, read off a token trie of every well-formed verdict), runs them in the same forward pass, and keeps each
+only while it is the model's greedy choice at its position: speculative decoding whose draft model is the format.
+The output is token for token that of greedy decoding; a response verdict takes 4 forward passes (the input with
+``Safety:``, then label + ``\\nCategories:``, category + ``\\nRefusal:``, Yes/No) instead of about 13. A rejected
+draft token stays in the cache as a masked slot (see `rewards.guards.prefix_cache`); a model that leaves the format
+simply gets no more drafts and is decoded one token per pass.
+
+Rows stop where ``generate`` with `VerdictComplete` stops them: at an end-of-turn token, when the lines their
+verdict needs are complete, or after ``max_new_tokens`` tokens; finished rows leave the batch. With
+``safety_only`` a row also stops at the first token of its label, which the first pass already reads when the
+guard starts with ``Safety:`` as it always does: one forward pass per input. The label distribution after
+``Safety:`` is kept on every row that gets there (`rewards.guards.label_probs`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rewards.guards.label_probs import SAFETY_PREFIX, LabelTokens, encode
+from rewards.guards.padding import left_pad
+from rewards.guards.prefix_cache import KVRows, extend
+from rewards.verdict import CATEGORIES, SAFETY_LABELS
+
+
+def verdict_texts(response: bool) -> list[str]:
+    """Every well-formed verdict: 2 lines for a prompt, 3 for an answer (any label with any category or None)."""
+    lines = [
+        [f"{SAFETY_PREFIX} {label}" for label in SAFETY_LABELS],
+        [f"Categories: {c}" for c in (*CATEGORIES, "None")],
+    ]
+    if response:
+        lines.append(["Refusal: Yes", "Refusal: No"])
+    return ["\n".join(parts) for parts in itertools.product(*lines)]
+
+
+class VerdictDrafter:
+    """A token trie of `verdict_texts`; `draft` gives the tokens the format fixes after what was generated.
+
+    Example:
+        >>> from transformers import AutoTokenizer  # doctest: +SKIP
+        >>> drafter = VerdictDrafter(AutoTokenizer.from_pretrained("Qwen/Qwen3Guard-Gen-0.6B"), response=True)  # doctest: +SKIP
+        >>> drafter.draft([])  # the ids of "Safety" ":"  # doctest: +SKIP
+        [...]
+    """
+
+    def __init__(self, tokenizer: Any, *, response: bool):
+        self.root: dict[int, dict] = {}
+        for text in verdict_texts(response):
+            node = self.root
+            for t in encode(tokenizer, text):
+                node = node.setdefault(t, {})
+
+    def draft(self, generated: Sequence[int]) -> list[int]:
+        node = self.root
+        for t in generated:
+            node = node.get(t)
+            if node is None:
+                return []  # the model left the format: no guess
+        out = []
+        while len(node) == 1:
+            ((t, node),) = node.items()
+            out.append(t)
+        return out
+
+
+def complete_lines(text: str) -> int:
+    """Non-blank lines ended by a newline.
+
+    Example:
+        >>> complete_lines("Safety: Safe\\nCategories: None\\nRef")
+        2
+    """
+    return sum(1 for line in text.split("\n")[:-1] if line.strip())
+
+
+@dataclass
+class RowState:
+    """One guard input being decoded."""
+
+    context: list[int]  # the guard input's token ids (logits processors see it, as in `generate`)
+    needed_lines: int
+    drafter: VerdictDrafter
+    generated: list[int] = field(default_factory=list)
+    pending: int | None = None  # chosen by the model, not yet run through it
+    probs: dict[str, float] | None = None
+    label: str | None = None  # set when stopped at the label's first token (safety_only)
+    done: bool = False
+
+
+class VerdictDecoder:
+    """Decodes `RowState` batches on top of `KVRows` prefixes; see the module docstring."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_new_tokens: int,
+        eos_ids: Sequence[int],
+        newline_ids: set[int],
+        pad_id: int,
+        logits_processor: Any = None,
+        processor_context: int | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.eos_ids = set(eos_ids)
+        self.newline_ids = newline_ids
+        self.pad_id = pad_id
+        self.logits_processor = logits_processor
+        self.processor_context = processor_context  # input tokens a processor sees (None: all, as in `generate`)
+        try:
+            self.labels: LabelTokens | None = LabelTokens.from_tokenizer(tokenizer)
+        except ValueError:
+            self.labels = None  # no label distribution, no label-only stop; decoding itself is unaffected
+        self.drafters = {r: VerdictDrafter(tokenizer, response=r) for r in (False, True)}
+        self.stats: Counter = Counter()  # forwards, fed/padded tokens, seconds in the first pass and in the others
+
+    def new_row(self, context: list[int], response: bool) -> RowState:
+        return RowState(context=context, needed_lines=3 if response else 2, drafter=self.drafters[response])
+
+    def run(self, state: KVRows | None, rows: list[RowState], rest: list[list[int]], *, safety_only: bool) -> None:
+        """Decode ``rows`` to the end; ``rest[i]`` (non-empty) is row i's input after what ``state`` holds."""
+        active = list(range(len(rows)))
+        drafts = [rows[i].drafter.draft([]) for i in active]
+        feeds = [rest[i] + drafts[n] for n, i in enumerate(active)]
+        phase = "prefill"
+        while active:
+            t0 = time.perf_counter()
+            keep = max(len(d) for d in drafts) + 1
+            state, logits = extend(self.model, state, feeds, pad_id=self.pad_id, keep=keep)
+            # the row's scores are the last len(draft) + 1 columns: at its last fed token, then at each draft token
+            offsets = [keep - len(d) - 1 for d in drafts]
+            scores, greedy, at = self._scores(logits, [rows[i] for i in active], drafts, offsets)
+            self.stats.update(
+                {
+                    "forwards": 1,
+                    "fed_tokens": sum(len(f) for f in feeds),
+                    f"{phase}_padded_tokens": len(feeds) * max(map(len, feeds)),
+                    f"{phase}_s": time.perf_counter() - t0,  # the argmax list above waits for the device
+                }
+            )
+            phase = "steps"
+            survivors, at_label = [], []
+            for n, i in enumerate(active):
+                row, draft = rows[i], drafts[n]
+                j = 0
+                while True:
+                    if self.labels is not None and self.labels.at_label(row.generated):
+                        at_label.append((row, at(n, j)))
+                    t = greedy[at(n, j)]
+                    row.generated.append(t)
+                    if self._stops(row, t, safety_only):
+                        row.done = True
+                        break
+                    if j < len(draft) and t == draft[j]:
+                        j += 1
+                        continue
+                    row.pending = t
+                    break
+                if not row.done:
+                    state.drop_last_slots(n, len(draft) - j)
+                    survivors.append(n)
+            if at_label:
+                probs = self.labels.batch_probs(scores[torch.tensor([k for _, k in at_label], device=scores.device)])
+                for (row, _), p in zip(at_label, probs, strict=True):
+                    row.probs = p
+            if len(survivors) < len(active):
+                if not survivors:
+                    break
+                state = state.select(survivors)
+            active = [active[n] for n in survivors]
+            drafts = [rows[i].drafter.draft(rows[i].generated) for i in active]
+            feeds = [[rows[i].pending, *drafts[n]] for n, i in enumerate(active)]
+
+    def _scores(
+        self, logits: torch.Tensor, rows: list[RowState], drafts: list[list[int]], offsets: list[int]
+    ) -> tuple[torch.Tensor, list[int], Any]:
+        """Next-token scores, their argmax, and ``at(n, j)``: where row n's position j (0 = its last fed token) is.
+
+        Without a logits processor these are the logits themselves. With one, every position a row may read this
+        step is scored in one batched call, with the ids ``generate`` would pass there (input + generated + the
+        draft so far; shorter rows padded on the left, as ``generate`` pads).
+        """
+        if self.logits_processor is None:
+            flat = logits.flatten(0, 1)
+            keep = logits.shape[1]
+            return flat, flat.argmax(-1).tolist(), lambda n, j: n * keep + offsets[n] + j
+        pairs = [(n, j) for n, d in enumerate(drafts) for j in range(len(d) + 1)]
+        starts = [0]
+        for d in drafts:
+            starts.append(starts[-1] + len(d) + 1)
+        index = torch.tensor([[n, offsets[n] + j] for n, j in pairs], device=logits.device)
+        picked = logits[index[:, 0], index[:, 1]].float()
+        keep = self.processor_context
+        contexts = [
+            (rows[n].context[-keep:] if keep else rows[n].context) + rows[n].generated + drafts[n][:j]
+            for n, j in pairs
+        ]
+        ids, _ = left_pad(contexts, self.pad_id, logits.device)
+        picked = self.logits_processor(ids, picked)
+        return picked, picked.argmax(-1).tolist(), lambda n, j: starts[n] + j
+
+    def _stops(self, row: RowState, t: int, safety_only: bool) -> bool:
+        if t in self.eos_ids or len(row.generated) >= self.max_new_tokens:
+            return True
+        if t in self.newline_ids:
+            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            if complete_lines(text) >= row.needed_lines:
+                return True
+        if safety_only and self.labels is not None and self.labels.at_label(row.generated[:-1]):
+            row.label = self.labels.label_of(t)
+            return row.label is not None
+        return False

