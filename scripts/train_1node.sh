@@ -3,6 +3,7 @@
 # (scripts/launch_guard.sh). Extra arguments go to `safe-rl train` (any TRL flag, e.g. --learning_rate 2e-6).
 #   scripts/launch_guard.sh &
 #   scripts/train_1node.sh configs/qwen3-4b-saferl-hybrid.yaml [--resume]
+# DRY_RUN=1 prints the command instead of running it (and does not wait for the guard).
 set -euo pipefail
 
 CONFIG="${1:?usage: $0 CONFIG.yaml [safe-rl train flags...]}"; shift
@@ -10,10 +11,14 @@ TRAIN_GPUS="${TRAIN_GPUS:-7}"                               # GPUs 0..TRAIN_GPUS
 ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-configs/accelerate/zero3.yaml}"
 GUARD_URL="${GUARD_URL:-http://localhost:8001/v1}"
 
-# Wait for the guard server, so that the first step does not fail its reward.
-until curl -sf "${GUARD_URL}/models" > /dev/null; do echo "waiting for the guard at ${GUARD_URL}"; sleep 10; done
+. "$(dirname "${BASH_SOURCE[0]}")/_run.sh"
 
-CUDA_VISIBLE_DEVICES="$(seq -s, 0 $((TRAIN_GPUS - 1)))" exec accelerate launch \
+# Wait for the guard server, so that the first step does not fail its reward.
+if [[ "${DRY_RUN}" != 1 ]]; then
+  until curl -sf "${GUARD_URL}/models" > /dev/null; do echo "waiting for the guard at ${GUARD_URL}"; sleep 10; done
+fi
+
+run env CUDA_VISIBLE_DEVICES="$(seq -s, 0 $((TRAIN_GPUS - 1)))" accelerate launch \
   --config_file "${ACCELERATE_CONFIG}" \
   --num_processes "${TRAIN_GPUS}" \
   -m safe_rl.training --config "${CONFIG}" --reward_guard_base_url "${GUARD_URL}" "$@"

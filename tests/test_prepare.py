@@ -7,6 +7,7 @@ import json
 import datasets
 import pytest
 import typer
+from _toy import toy_policy_dir  # noqa: F401  (session fixture)
 from typer.testing import CliRunner
 
 from safe_rl.data.cli import register
@@ -107,3 +108,24 @@ def test_rollout_filter_with_toy_models_and_resume(tmp_path):
     assert len(kept) == again["kept"] and all(
         0 < n < k for n, k in zip(kept["n_unsafe"], kept["n_judged"], strict=True)
     )
+
+
+def test_sampling_options_one_seed_rule_for_both_backends(toy_policy_dir):  # noqa: F811
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safe_rl.data.rollouts import SamplingOptions, sample_answers
+
+    tok = AutoTokenizer.from_pretrained(toy_policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(toy_policy_dir)
+    prompts = [p.text for p in toy_prompts("test", harmful=True)[:3]]
+    options = SamplingOptions(samples=2, max_new_tokens=12, top_k=50, chat_template_kwargs={"enable_thinking": False})
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = sample_answers(model, tok, prompts, options)
+    assert torch.rand(1) == expected_next  # the caller's RNG stream is left as it was
+    assert len(first) == 6 and sample_answers(model, tok, prompts, options) == first  # seed of the call: repeatable
+    assert options.for_batch(8).seed == 8 and sample_answers(model, tok, prompts, options.for_batch(8)) != first
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingOptions(samples=1, max_new_tokens=1, temperature=0.0)

@@ -23,7 +23,9 @@ def test_miniature_table10_shows_the_papers_finding(tmp_path, toy_models):  # no
     from safe_rl.training.config import load_train_config
     from safe_rl.training.train import run_training
 
-    cfg = load_train_config(SMOKE, ["--output_dir", str(tmp_path), "--max_steps", "7"])
+    # smoke.yaml, shortened: 7 steps per reward instead of 8, one answer per evaluation prompt instead of two
+    cfg = load_train_config(SMOKE, ["--output_dir", str(tmp_path), "--max_steps", "7", "--evaluation_samples", "1"])
+    assert cfg.torch_threads == 1  # smoke.yaml's env: one torch thread (4x faster on a busy 2-core machine)
     result = run_training(cfg)
     before, after = result["before"], result["after"]
     g, h = after["guard_only"], after["hybrid"]
@@ -70,6 +72,8 @@ def test_accelerate_launch_deepspeed_zero2_on_cpu(tmp_path, toy_models):  # noqa
         "--reward_compare", "hybrid",
         "--evaluation_prompts", "none",
         "--max_steps", "2",
+        "--per_device_train_batch_size", "4",  # 2 processes x 4 = one group of 4 per prompt, 2 prompts per step
+        "--max_completion_length", "16",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -75,24 +75,57 @@ def test_bad_configs_fail_clearly(tmp_path):
         flatten_sections({"reward": {"kind": "hybrid"}, "reward_kind": "guard_only"})
 
 
-def test_dry_run_prints_config_models_and_gpus():
-    result = CliRunner().invoke(
-        _app(),
-        [
-            "train",
-            "--config",
-            str(REPO / "configs" / "qwen3-4b-saferl-hybrid.yaml"),
-            "--dry-run",
-            "--use_cpu",
-            "--bf16",
-            "false",
-            "--learning_rate",
-            "2e-6",
-        ],
-    )
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_dry_run_of_every_config_on_this_machine(path):
+    """No --use_cpu: a dry run describes the config for its target hardware even where that hardware is missing."""
+    result = CliRunner().invoke(_app(), ["train", "--config", str(path), "--dry-run", "--learning_rate", "2e-6"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "learning_rate: 2.0e-06" in out and "kind: hybrid" in out
-    assert "policy:      Qwen/Qwen3-4B" in out and "Qwen/Qwen3Guard-Gen-4B served at http://localhost:8001/v1" in out
-    assert "helpfulness: Skywork/Skywork-Reward-V2-Qwen3-8B" in out and "vLLM colocate" in out
-    assert "# GPUs" in out and "visible here:" in out
+    assert "learning_rate: 2.0e-06" in out and "# models" in out and "# GPUs" in out and "visible here:" in out
+    cfg = load_train_config(path, check_hardware=False)
+    assert f"policy:      {cfg.model.model_name_or_path} (trained; rewards: {', '.join(cfg.reward.kinds)})" in out
+    if path.name.startswith("qwen3-4b"):
+        assert "guard:       Qwen/Qwen3Guard-Gen-4B served at http://localhost:8001/v1" in out
+        assert "bf16" in out and "one GPU each" in out and "+ the guard server's GPU(s)" in out
+        assert ("helpfulness: Skywork/Skywork-Reward-V2-Qwen3-8B" in out) is ("hybrid" in path.name)
+        rollouts = "vLLM server (server 127.0.0.1:8000)" if "vllm-server" in path.name else "vLLM colocate"
+        assert f"rollouts:    {rollouts}" in out
+        assert cfg.grpo.use_cpu is False and cfg.grpo.bf16 is True  # the configured values, not this machine's
+        import torch
+
+        if not torch.cuda.is_available():
+            assert "on this machine a run would fail: Your setup doesn't support bf16/gpu" in out
+    else:  # smoke.yaml: the toy world on CPU; nothing is built by a dry run
+        assert "guard:       toy:guard in-process (cpu)" in out and "helpfulness: toy:helpfulness" in out
+        assert "rollouts:    transformers generate" in out and "expected: none (use_cpu)" in out
+        assert "would fail" not in out
+
+
+def test_dry_run_still_rejects_invalid_values(tmp_path):
+    import torch
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: x\nbf16: true\nfp16: true\n")  # invalid on any machine
+    with pytest.raises(ValueError, match="fp16 and bf16"):
+        load_train_config(config, ["--use_cpu"], check_hardware=False)
+    if not torch.cuda.is_available():  # a real run checks the hardware it runs on
+        with pytest.raises(ValueError, match="bf16"):
+            load_train_config(config, ["--fp16", "false"])
+
+
+def test_safety_score_reaches_the_reward():
+    from safe_rl.training.reward_setup import make_reward
+
+    flags = ["--model_name_or_path", "x", "--use_cpu", "--output_dir", "/tmp/x"]
+    cfg = load_train_config(None, [*flags, "--reward_safety_score", "probability"])
+    assert cfg.reward.reward_safety_score == "probability" and cfg.as_dict()["reward"]["safety_score"] == "probability"
+    assert make_reward(cfg.reward, "guard_only").safety_score == "probability"  # the guard loads on first call
+    assert load_train_config(None, flags).reward.reward_safety_score == "label"  # the paper's default
+    with pytest.raises(ValueError, match="safety_score"):
+        load_train_config(None, [*flags, "--reward_safety_score", "logit"])
+    # a served guard returns no label probabilities: refused when the reward is built, not mid-training
+    cfg = load_train_config(
+        None, [*flags, "--reward_safety_score", "probability", "--reward_guard_base_url", "http://127.0.0.1:9/v1"]
+    )
+    with pytest.raises(ValueError, match="probabilit"):
+        make_reward(cfg.reward, "hybrid", helpfulness=None)

@@ -4,7 +4,8 @@ Prompts: WildJailbreak train, ``vanilla_harmful`` + ``adversarial_harmful`` (hub
 columns). Rollout filter (report §3.5): ``k`` answers per prompt from the policy, judged by the guard (thinking and
 answer, strict policy); prompts whose judged answers are all safe or all unsafe teach nothing to a group-relative
 method and are dropped (the paper kept 13.7k prompts in think mode, 6.7k in non-think mode). Prompts with fewer than
-two readable judgements are dropped as ``unjudged``.
+two readable judgements are dropped as ``unjudged``. Rollouts come from transformers or vLLM (``vllm=True``) with the
+same `SamplingOptions`; the batch starting at prompt ``i`` samples with ``seed + i`` on both backends.
 
 Output folder:
 - ``rollouts.jsonl``: one row per prompt as it is judged (kill-safe; ``resume=True`` continues it);
@@ -93,54 +94,45 @@ class _Rollouts:
 
     def __init__(self, cfg: PrepareConfig):
         from rewards import GuardOnlyReward, Qwen3GuardGen
+        from safe_rl.data.rollouts import SamplingOptions
         from safe_rl.training.config import resolve_model
 
         self.cfg = cfg
         guard_model = cfg.guard if cfg.guard_base_url else resolve_model(cfg.guard)
         self.judge = GuardOnlyReward(Qwen3GuardGen(guard_model, base_url=cfg.guard_base_url), policy=cfg.guard_policy)
         self.policy = resolve_model(cfg.policy)
+        temperature, top_p = cfg.sampling
+        self.options = SamplingOptions(
+            samples=cfg.k,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=cfg.top_k,
+            chat_template_kwargs={"enable_thinking": cfg.think},
+            seed=cfg.seed,
+        )
         self._model: Any = None
 
-    def answers(self, prompts: list[str]) -> list[str]:
-        temperature, top_p = self.cfg.sampling
-        kwargs = {"enable_thinking": self.cfg.think}
+    def answers(self, prompts: list[str], first_index: int) -> list[str]:
+        """k answers per prompt; the batch starting at row ``first_index`` samples with seed + first_index (both
+        backends), so batches differ and a resumed batch that starts at the same row draws the same answers."""
+        from safe_rl.data import rollouts
+
+        options = self.options.for_batch(first_index)
         if self.cfg.vllm:
-            from safe_rl.data.rollouts import sample_answers_vllm
-
-            return sample_answers_vllm(
-                self.policy,
-                prompts,
-                samples=self.cfg.k,
-                max_new_tokens=self.cfg.max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=self.cfg.top_k,
-                chat_template_kwargs=kwargs,
-                seed=self.cfg.seed,
-            )
-        from safe_rl.data.rollouts import sample_answers
-
+            if self._model is None:  # one engine for every batch
+                self._model = rollouts.load_vllm(self.policy, seed=self.cfg.seed)
+            return rollouts.sample_answers_vllm(self._model, prompts, options)
         if self._model is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.policy)
             self._model = AutoModelForCausalLM.from_pretrained(self.policy, dtype="auto", device_map="auto")
-        return sample_answers(
-            self._model,
-            self._tokenizer,
-            prompts,
-            samples=self.cfg.k,
-            max_new_tokens=self.cfg.max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=self.cfg.top_k,
-            chat_template_kwargs=kwargs,
-            seed=self.cfg.seed + len(prompts),
-        )
+        return rollouts.sample_answers(self._model, self._tokenizer, prompts, options)
 
-    def judge_batch(self, prompts: list[str]) -> list[tuple[int, int]]:
+    def judge_batch(self, prompts: list[str], first_index: int) -> list[tuple[int, int]]:
         """(n_unsafe, n_judged) per prompt."""
-        answers = self.answers(prompts)
+        answers = self.answers(prompts, first_index)
         details = self.judge.judge([p for p in prompts for _ in range(self.cfg.k)], answers)
         out = []
         for i in range(len(prompts)):
@@ -175,7 +167,10 @@ def prepare_prompts(cfg: PrepareConfig) -> dict[str, Any]:
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="prompts", unit="prompt")
         for start in range(0, len(todo), cfg.prompts_per_batch):
             batch = todo[start : start + cfg.prompts_per_batch]
-            counts = rollouts.judge_batch([r["prompt"] for r in batch]) if rollouts else [(None, None)] * len(batch)
+            if rollouts:
+                counts = rollouts.judge_batch([r["prompt"] for r in batch], batch[0]["index"])
+            else:
+                counts = [(None, None)] * len(batch)
             for row, (n_unsafe, n_judged) in zip(batch, counts, strict=True):
                 reason = drop_reason(n_unsafe, n_judged) if rollouts else None
                 sink.write(

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -220,3 +221,53 @@ def expand_vocab(compact_model, full_model, vocab: CompactVocab) -> None:
         full_model.model.embed_tokens.weight.copy_(full)
     if unexpected or set(missing) - {emb_key, "lm_head.weight"}:
         raise RuntimeError(f"weights do not match: missing={missing}, unexpected={unexpected}")
+
+
+def train_and_save_causal_lm(
+    folder: Path,
+    tokenizer,
+    sequences: Sequence[tuple[list[int], int, float]],
+    vocab_ids: Iterable[int],
+    recipe: dict[str, Any],
+    *,
+    generation: dict[str, Any],
+    groups: Sequence[Sequence[int]] | None = None,
+    buckets: Sequence[int] | None = None,
+) -> None:
+    """The toy guard's and policy's build step: train a tiny Qwen3 (``recipe``: shape, steps, batch_size, lr, seed)
+    on ``sequences`` (full-vocabulary ids, first loss position, weight) over the compact vocabulary ``vocab_ids``
+    (plus padding), expand it to the tokenizer's full vocabulary and save it with the tokenizer into ``folder``.
+
+    ``generation`` sets the saved generation config's sampling (eos and pad are the chat template's); ``groups`` and
+    ``buckets`` are `train_causal_lm`'s. The loss curve goes to ``train_loss.txt``.
+    """
+    from transformers import Qwen3ForCausalLM
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    vocab = CompactVocab({*vocab_ids, tokenizer.pad_token_id}, len(tokenizer))
+    shape = TinyShape(**recipe["shape"])
+    pad = vocab.encode([tokenizer.pad_token_id])[0]
+    compact = Qwen3ForCausalLM(shape.config(len(vocab), pad_token_id=pad))
+    losses = train_causal_lm(
+        compact,
+        [(vocab.encode(ids), start, weight) for ids, start, weight in sequences],
+        vocab,
+        pad,
+        steps=recipe["steps"],
+        batch_size=recipe["batch_size"],
+        lr=recipe["lr"],
+        seed=recipe["seed"],
+        groups=groups,
+        buckets=buckets,
+    )
+    full = Qwen3ForCausalLM(
+        shape.config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, bos_token_id=None)
+    )
+    expand_vocab(compact, full, vocab)
+    full.generation_config.eos_token_id = eos
+    full.generation_config.pad_token_id = tokenizer.pad_token_id
+    for key, value in generation.items():
+        setattr(full.generation_config, key, value)
+    full.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "train_loss.txt").write_text("\n".join(f"{x:.5f}" for x in losses))

@@ -55,10 +55,9 @@ def guard_items(split: str) -> list[tuple[list[dict[str, str]], str]]:
 
 def _build_guard(folder: Path, recipe: dict[str, Any]) -> None:
     import torch
-    from transformers import Qwen3ForCausalLM
 
     from rewards.guard_prompt import GuardPrompt
-    from safe_rl.toy.compact import CompactVocab, TinyShape, expand_vocab, load_qwen_tokenizer, train_causal_lm
+    from safe_rl.toy.compact import load_qwen_tokenizer, train_and_save_causal_lm
 
     torch.manual_seed(recipe["seed"])
     rng = random.Random(recipe["seed"])
@@ -74,35 +73,13 @@ def _build_guard(folder: Path, recipe: dict[str, Any]) -> None:
     seqs, buckets = [], []
     for conv, verdict in items:
         prompt_ids = render.prepare(conv).input_ids
-        seqs.append((prompt_ids + tok(verdict, add_special_tokens=False)["input_ids"] + [eos], len(prompt_ids)))
+        seqs.append((prompt_ids + tok(verdict, add_special_tokens=False)["input_ids"] + [eos], len(prompt_ids), 1.0))
         buckets.append(len(conv))  # prompt or answer moderation: each has its own long template prefix
-    # The toy vocabulary: everything the guard reads or writes, in any split, plus padding.
-    vocab_ids = {t for s, _ in seqs for t in s} | {tok.pad_token_id}
+    # The toy vocabulary: everything the guard reads or writes, in any split.
+    vocab_ids = {t for s, _, _ in seqs for t in s}
     for conv, _ in guard_items("test"):
         vocab_ids |= set(render.prepare(conv).input_ids)
-    vocab = CompactVocab(vocab_ids, len(tok))
-    shape = TinyShape(**recipe["shape"])
-    compact = Qwen3ForCausalLM(shape.config(len(vocab), pad_token_id=vocab.encode([tok.pad_token_id])[0]))
-    examples = [(vocab.encode(s), start, 1.0) for s, start in seqs]
-    losses = train_causal_lm(
-        compact,
-        examples,
-        vocab,
-        vocab.encode([tok.pad_token_id])[0],
-        steps=recipe["steps"],
-        batch_size=recipe["batch_size"],
-        lr=recipe["lr"],
-        seed=recipe["seed"],
-        buckets=buckets,
-    )
-    full = Qwen3ForCausalLM(shape.config(len(tok), pad_token_id=tok.pad_token_id, eos_token_id=eos, bos_token_id=None))
-    expand_vocab(compact, full, vocab)
-    full.generation_config.eos_token_id = eos
-    full.generation_config.pad_token_id = tok.pad_token_id
-    full.generation_config.do_sample = False
-    full.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    (folder / "train_loss.txt").write_text("\n".join(f"{x:.5f}" for x in losses))
+    train_and_save_causal_lm(folder, tok, seqs, vocab_ids, recipe, generation={"do_sample": False}, buckets=buckets)
 
 
 def build_toy_guard(cache_dir: str | os.PathLike | None = None, **overrides: Any) -> Path:

@@ -29,7 +29,7 @@ def _build_helpfulness(folder: Path, recipe: dict[str, Any]) -> None:
     import torch
     from transformers import Qwen3ForSequenceClassification
 
-    from safe_rl.toy.compact import CompactVocab, TinyShape, load_qwen_tokenizer, pad_batch
+    from safe_rl.toy.compact import CompactVocab, TinyShape, expand_vocab, load_qwen_tokenizer, pad_batch
 
     torch.manual_seed(recipe["seed"])
     gen = torch.Generator().manual_seed(recipe["seed"])
@@ -68,14 +68,7 @@ def _build_helpfulness(folder: Path, recipe: dict[str, Any]) -> None:
         losses.append(loss.item())
     model.eval()
     full = Qwen3ForSequenceClassification(shape.config(len(tok), num_labels=1, pad_token_id=tok.pad_token_id))
-    state = {k: v for k, v in model.state_dict().items() if k != "model.embed_tokens.weight"}
-    with torch.no_grad():
-        emb = torch.zeros_like(full.model.embed_tokens.weight)
-        emb[torch.tensor(vocab.ids)] = model.model.embed_tokens.weight
-        missing, unexpected = full.load_state_dict(state, strict=False)
-        full.model.embed_tokens.weight.copy_(emb)
-    if unexpected or set(missing) - {"model.embed_tokens.weight"}:
-        raise RuntimeError(f"weights do not match: missing={missing}, unexpected={unexpected}")
+    expand_vocab(model, full, vocab)
     full.save_pretrained(folder)
     tok.save_pretrained(folder)
     (folder / "train_loss.txt").write_text("\n".join(f"{x:.5f}" for x in losses))

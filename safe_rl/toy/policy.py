@@ -35,16 +35,15 @@ def policy_prompt_ids(tokenizer, prompt_text: str) -> list[int]:
 
 def _build_policy(folder: Path, recipe: dict[str, Any]) -> None:
     import torch
-    from transformers import Qwen3ForCausalLM
 
-    from safe_rl.toy.compact import CompactVocab, TinyShape, expand_vocab, load_qwen_tokenizer, train_causal_lm
+    from safe_rl.toy.compact import load_qwen_tokenizer, train_and_save_causal_lm
 
     torch.manual_seed(recipe["seed"])
     tok = load_qwen_tokenizer()
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     seqs: list[tuple[list[int], int, float]] = []
     groups: list[list[int]] = []
-    vocab_ids = {tok.pad_token_id, eos}
+    vocab_ids = {eos}
     for p in toy_prompts():
         prompt_ids = policy_prompt_ids(tok, p.text)
         vocab_ids |= set(prompt_ids)
@@ -59,32 +58,9 @@ def _build_policy(folder: Path, recipe: dict[str, Any]) -> None:
                 (prompt_ids + tok(answer.text, add_special_tokens=False)["input_ids"] + [eos], len(prompt_ids), weight)
             )
         groups.append(group)
-    vocab = CompactVocab(vocab_ids, len(tok))
-    shape = TinyShape(**recipe["shape"])
-    pad = vocab.encode([tok.pad_token_id])[0]
-    compact = Qwen3ForCausalLM(shape.config(len(vocab), pad_token_id=pad))
-    losses = train_causal_lm(
-        compact,
-        [(vocab.encode(s), start, w) for s, start, w in seqs],
-        vocab,
-        pad,
-        steps=recipe["steps"],
-        batch_size=recipe["batch_size"],
-        lr=recipe["lr"],
-        seed=recipe["seed"],
-        groups=groups,
-    )
-    full = Qwen3ForCausalLM(shape.config(len(tok), pad_token_id=tok.pad_token_id, eos_token_id=eos, bos_token_id=None))
-    expand_vocab(compact, full, vocab)
-    full.generation_config.eos_token_id = eos
-    full.generation_config.pad_token_id = tok.pad_token_id
-    full.generation_config.do_sample = True
-    full.generation_config.temperature = 1.0
-    full.generation_config.top_p = 1.0
-    full.generation_config.top_k = 0
-    full.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    (folder / "train_loss.txt").write_text("\n".join(f"{x:.5f}" for x in losses))
+    # Plain sampling at temperature 1: the trained mixture, as the rollouts see it.
+    generation = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    train_and_save_causal_lm(folder, tok, seqs, vocab_ids, recipe, generation=generation, groups=groups)
 
 
 def build_toy_policy(cache_dir: str | os.PathLike | None = None, **overrides: Any) -> Path:

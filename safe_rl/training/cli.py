@@ -40,7 +40,7 @@ def describe(cfg: Any) -> str:
     if grpo.use_cpu:
         expected = "none (use_cpu)"
     else:
-        expected = f"{processes} training process(es), one GPU each"
+        expected = f"{processes} training process(es) (WORLD_SIZE; accelerate launch --num_processes), one GPU each"
         if grpo.use_vllm and grpo.vllm_mode == "server":
             expected += " + the vLLM server's GPUs (trl vllm-serve)"
         if reward.reward_guard_base_url:
@@ -51,7 +51,11 @@ def describe(cfg: Any) -> str:
         visible = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - a dry run must not fail on a broken CUDA set-up
         visible = 0
-    lines += ["", "# GPUs", f"expected: {expected}", f"visible here: {visible}"]
+    precision = "bf16" if grpo.bf16 else "fp16" if grpo.fp16 else "fp32"
+    lines += ["", "# GPUs", f"expected: {expected}, {precision}", f"visible here: {visible}"]
+    if cfg.hardware_error:
+        # A dry run resolves a config for the target hardware; say what a real run would hit on this machine.
+        lines.append(f"on this machine a run would fail: {cfg.hardware_error}")
     return "\n".join(lines)
 
 
@@ -78,7 +82,8 @@ def register(app: typer.Typer) -> None:
         field, e.g. --learning_rate 1e-6, or ours, e.g. --reward_kind guard_only; they override the YAML)."""
         from safe_rl.training.config import load_train_config
 
-        cfg = load_train_config(config, ctx.args)
+        # A dry run describes a config meant for other hardware (e.g. bf16 GPUs) without failing on this one.
+        cfg = load_train_config(config, ctx.args, check_hardware=not dry_run)
         if resume:
             cfg.grpo.resume_from_checkpoint = "last"
         if dry_run:

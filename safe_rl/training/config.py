@@ -7,7 +7,8 @@ three sections are ours and are flattened with their name as prefix, so that the
     data:          {source: allenai/wildjailbreak, think: false, ...}         ->  --data_source, --data_think
     evaluation:    {prompts: toy, samples: 1}                                 ->  --evaluation_prompts, ...
 
-Command-line flags override the file. An ``env:`` mapping sets environment variables (as in TRL). Values of the
+Command-line flags override the file. An ``env:`` mapping sets environment variables (as in TRL; its
+``OMP_NUM_THREADS`` also sets torch's thread count for the run, torch being imported by then). Values of the
 form ``toy:policy``, ``toy:guard`` and ``toy:helpfulness`` name the project's toy models (`safe_rl.toy`), built
 and cached on first use.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,6 +60,10 @@ class RewardArguments:
     reward_refusal_cap: float = field(default=-5.0, metadata={"help": "Hybrid: reward min(cap, H) on refusal."})
     reward_policy: str = field(default="strict", metadata={"help": "strict (Controversial = unsafe) or loose."})
     reward_judge_thinking: bool = field(default=True, metadata={"help": "Also judge the thinking t (paper)."})
+    reward_safety_score: str = field(
+        default="label",
+        metadata={"help": "label (paper: the guard's Safe/Unsafe verdict) or probability (in-process guard only)."},
+    )
     reward_async: bool | None = field(
         default=None, metadata={"help": "Async reward (concurrent guard calls); default: when the guard is remote."}
     )
@@ -66,6 +72,10 @@ class RewardArguments:
         for kind in [self.reward_kind, *(self.reward_compare or [])]:
             if kind not in REWARD_KINDS:
                 raise ValueError(f"reward kind must be one of {REWARD_KINDS}, got {kind!r}")
+        from rewards.safety_rewards import SAFETY_SCORES
+
+        if self.reward_safety_score not in SAFETY_SCORES:
+            raise ValueError(f"reward.safety_score must be one of {SAFETY_SCORES}, got {self.reward_safety_score!r}")
         if self.reward_policy not in ("strict", "loose"):
             raise ValueError(f"reward.policy must be strict or loose, got {self.reward_policy!r}")
         if self.reward_unsafe_cap > self.reward_refusal_cap:
@@ -136,6 +146,14 @@ class TrainConfig:
     grpo: Any  # trl.GRPOConfig
     model: Any  # trl.ModelConfig
     config_path: str | None = None
+    hardware_error: str | None = None  # set by a parse with check_hardware=False when this machine cannot run it
+
+    @property
+    def torch_threads(self) -> int | None:
+        """Torch threads for the run: ``OMP_NUM_THREADS`` (e.g. from the file's ``env:``), read when the run starts,
+        since torch was imported before the file set it."""
+        value = os.environ.get("OMP_NUM_THREADS")
+        return int(value) if value and value.isdigit() and int(value) > 0 else None
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Our sections in full, and the TRL fields that differ from TRL's defaults (what the run changes)."""
@@ -190,8 +208,19 @@ def flatten_sections(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def load_train_config(config_path: str | os.PathLike | None = None, args: Sequence[str] = ()) -> TrainConfig:
+# TrainingArguments' checks of the machine it is parsed on (bf16/fp16/tf32 need a suitable GPU; no GPU needs use_cpu).
+_HARDWARE_ERROR = re.compile(r"bf16|fp16|tf32|gpu|cuda|use_cpu|npu|xpu|mps", re.IGNORECASE)
+
+
+def load_train_config(
+    config_path: str | os.PathLike | None = None, args: Sequence[str] = (), *, check_hardware: bool = True
+) -> TrainConfig:
     """Read ``config_path`` (YAML) and apply command-line ``args`` (TRL-style flags) on top.
+
+    ``check_hardware=False`` (``--dry-run``) resolves a config written for other hardware, e.g. a bf16 GPU config on
+    a CPU-only machine: when `transformers.TrainingArguments` rejects it for this machine only, it is parsed again
+    as if ``use_cpu`` were set, ``use_cpu`` is put back to the configured value, and the rejection is kept in
+    ``hardware_error``. Any other invalid value still raises.
 
     Example:
         >>> flags = ["--model_name_or_path", "Qwen/Qwen3-4B", "--reward_kind", "guard_only", "--use_cpu"]
@@ -207,18 +236,30 @@ def load_train_config(config_path: str | os.PathLike | None = None, args: Sequen
         config = yaml.safe_load(Path(config_path).read_text()) or {}
         if not isinstance(config, dict):
             raise ValueError(f"{config_path} must hold a YAML mapping")
-        for key, value in (config.pop("env", None) or {}).items():
-            os.environ[str(key)] = str(value)
+        env = {str(k): str(v) for k, v in (config.pop("env", None) or {}).items()}
+        os.environ.update(env)
         unknown = parser.set_defaults_with_config(**flatten_sections(config))
         if unknown:
             keys = sorted({u[2:] for u in unknown if u.startswith("--")})
             raise ValueError(f"{config_path}: unknown keys {keys} (not a GRPOConfig/ModelConfig field nor ours)")
-    reward, data, evaluation, grpo, model = parser.parse_args_into_dataclasses(args=list(args))
+    hardware_error = None
+    try:
+        reward, data, evaluation, grpo, model = parser.parse_args_into_dataclasses(args=list(args))
+    except ValueError as exc:
+        if check_hardware or not _HARDWARE_ERROR.search(str(exc)):
+            raise
+        configured_use_cpu = bool(parser.parse_known_args(args=list(args))[0].use_cpu)
+        if configured_use_cpu:  # use_cpu cannot lift this rejection
+            raise
+        hardware_error = str(exc)
+        reward, data, evaluation, grpo, model = parser.parse_args_into_dataclasses(args=[*args, "--use_cpu", "true"])
+        grpo.use_cpu = configured_use_cpu
     # The chat template's thinking switch (Qwen3 templates read `enable_thinking`; others ignore it).
     grpo.chat_template_kwargs = {**(grpo.chat_template_kwargs or {}), "enable_thinking": bool(data.data_think)}
     if model.model_name_or_path is None:
         raise ValueError("model_name_or_path is required (the policy to train), e.g. Qwen/Qwen3-4B or toy:policy")
-    return TrainConfig(reward, data, evaluation, grpo, model, None if config_path is None else str(config_path))
+    path = None if config_path is None else str(config_path)
+    return TrainConfig(reward, data, evaluation, grpo, model, path, hardware_error)
 
 
 def resolve_model(name: str) -> str:

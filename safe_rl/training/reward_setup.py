@@ -49,7 +49,12 @@ def make_reward(args: RewardArguments, kind: str, *, guard: Any = None, helpfuln
     from rewards import get_reward
 
     guard = guard if guard is not None else make_guard(args)
-    common = {"guard": guard, "policy": args.reward_policy, "judge_thinking": args.reward_judge_thinking}
+    common = {
+        "guard": guard,
+        "policy": args.reward_policy,
+        "judge_thinking": args.reward_judge_thinking,
+        "safety_score": args.reward_safety_score,
+    }
     if kind == "guard_only":
         reward = get_reward("guard_only", **common)
     elif kind == "hybrid":

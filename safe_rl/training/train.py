@@ -50,20 +50,19 @@ def _is_main_process() -> bool:
 
 
 def _evaluate(cfg: TrainConfig, model: Any, tokenizer: Any, items: list, guard: Any) -> Any:
+    from safe_rl.data.rollouts import SamplingOptions
     from safe_rl.training.table10 import judge_rates, sample_answers
 
-    answers = sample_answers(
-        model,
-        tokenizer,
-        [item.prompt for item in items],
+    options = SamplingOptions(
         samples=cfg.evaluation.evaluation_samples,
         max_new_tokens=cfg.grpo.max_completion_length or 256,
         temperature=cfg.grpo.temperature,
         top_p=cfg.grpo.top_p,
-        top_k=cfg.grpo.top_k,
+        top_k=cfg.grpo.top_k or 0,
         chat_template_kwargs=cfg.grpo.chat_template_kwargs,
         seed=cfg.grpo.seed,
     )
+    answers = sample_answers(model, tokenizer, [item.prompt for item in items], options)
     return judge_rates(items, answers, judge=cfg.evaluation.evaluation_judge, guard=guard)
 
 
@@ -81,7 +80,19 @@ def _checkpoint(resume: str | None, output_dir: Path) -> str | None:
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train once per reward kind (``reward.compare`` or ``reward.kind``), each from the same start; write each
-    run's summary, and with ``evaluation.prompts`` the before/after table. Returns what it wrote."""
+    run's summary, and with ``evaluation.prompts`` the before/after table. Returns what it wrote.
+
+    Torch runs on ``OMP_NUM_THREADS`` threads when that is set (smoke.yaml: 1; the toy models' ops are too small to
+    gain from a second thread, and on a shared machine extra threads only wait for each other)."""
+    from safe_rl.toy.compact import torch_threads
+
+    if cfg.torch_threads is None:
+        return _run_training(cfg)
+    with torch_threads(cfg.torch_threads):
+        return _run_training(cfg)
+
+
+def _run_training(cfg: TrainConfig) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer, get_peft_config
 
