@@ -19,8 +19,9 @@ only the choice of token is imposed): both paths decode the 13 tokens a real ver
 ``--no-eos-figure`` adds the random-weights figure without the processor (baseline 128 tokens, ours stops at 32),
 labelled as the artefact it is. The server cannot take a processor: it gets ``max_tokens=13``, the same count.
 
-``--grpo-share configs/smoke.yaml`` adds the reward's share of a GRPO step's wall time in the miniature training
-run (real GSPO steps of that config, see ``scripts/bench_grpo_step.py --config``).
+It also reports the reward's share of a GRPO step's wall time in the miniature training run (real GSPO steps of
+``configs/smoke.yaml``, see ``scripts/bench_grpo_step.py --config``; ``--grpo-share none`` skips it, and it is
+skipped where TRL is not installed).
 
 The last line reads ``speedup vs baseline: N.Nx (pairs/s ours X, baseline Y)``.
 
@@ -146,12 +147,20 @@ def main() -> None:
     parser.add_argument(
         "--grpo-share",
         metavar="CONFIG",
-        default=None,
-        help="also measure the reward's share of a GRPO step in real steps of this training config "
-        "(configs/smoke.yaml: the miniature run), with scripts/bench_grpo_step.py --config",
+        default="auto",
+        help="measure the reward's share of a GRPO step in real steps of this training config, with "
+        "scripts/bench_grpo_step.py --config; 'auto' (default): configs/smoke.yaml (the miniature run) when it "
+        "exists and TRL is installed; 'none': skip",
     )
     parser.add_argument("--grpo-share-steps", type=int, default=4, help="steps per reward kind (first left out)")
     args = parser.parse_args()
+    if args.grpo_share == "auto":
+        import importlib.util
+
+        smoke = REPO / "configs" / "smoke.yaml"
+        args.grpo_share = str(smoke) if smoke.exists() and importlib.util.find_spec("trl") else None
+    elif args.grpo_share == "none":
+        args.grpo_share = None
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -323,8 +332,8 @@ def main() -> None:
         for line in share_lines(grpo_share):
             say(line)
     else:
-        say("GRPO step share: not measured (--grpo-share configs/smoke.yaml times the reward inside real GSPO steps "
-            "of the miniature run; scripts/bench_grpo_step.py does it for random models of the public shapes)")  # fmt: skip
+        say("GRPO step share: not measured (skipped, or TRL is not installed; scripts/bench_grpo_step.py times the "
+            "reward inside real GSPO steps for random models of the public shapes)")  # fmt: skip
     if no_eos:
         say(f"random weights, no EOS (ARTEFACT, not the headline): {no_eos['inputs']} inputs, baseline decodes 128 "
             f"tokens {no_eos['baseline_s']:.2f}s, ours stops at 32 {no_eos['ours_s']:.2f}s -> {no_eos['speedup']:.1f}x")  # fmt: skip
