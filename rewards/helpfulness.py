@@ -74,7 +74,7 @@ class HelpfulnessRM:
         if self._loaded is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            from rewards.guards.gen_local import resolve_device, resolve_dtype
+            from rewards.devices import resolve_device, resolve_dtype
 
             device = resolve_device(self.device)
             tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name or self.model_name)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import transformers
 
-    from rewards.guards.stream_model import resolve_dtype
+    from rewards.devices import resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -36,6 +36,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 
 from rewards.conversation import Conversation
+from rewards.devices import resolve_device, resolve_dtype
 from rewards.guard_prompt import GuardPrompt, PreparedInput
 from rewards.guards.base import conversation_key
 from rewards.guards.prefix_cache import KVRows, common_prefix_len, extend, length_batches, stack
@@ -47,25 +48,6 @@ logger = logging.getLogger(__name__)
 PROMPT_LINES = 2  # Safety, Categories
 RESPONSE_LINES = 3  # Safety, Categories, Refusal
 MIN_SHARED = 8  # a group prefix shorter than this (beyond the template's) is not worth a separate pass
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``device`` or, when None, the first CUDA device if there is one, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """ "auto" is bfloat16 on an accelerator and float32 on the CPU; otherwise the named dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type != "cpu" else torch.float32
-    value = getattr(torch, dtype, None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return value
 
 
 def newline_counts(tokenizer: Any) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from rewards.devices import resolve_dtype
 from rewards.verdict import CATEGORIES, SAFETY_LABELS
 
 logger = logging.getLogger(__name__)
@@ -292,18 +293,6 @@ def stream_config(folder: Path, shapes: dict[str, tuple[int, ...]]) -> Any:
         if inferred[key] != 3:
             raise CheckpointMismatchError(f"{key} must be 3 (Safe, Unsafe, Controversial), got {inferred[key]}")
     return config
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """Pick the dtype: "auto" is bfloat16 on a GPU and float32 on CPU; otherwise a torch dtype or its name."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return value
 
 
 def load_stream_model(

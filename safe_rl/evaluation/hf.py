@@ -8,26 +8,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 
+from rewards.devices import resolve_device, resolve_dtype
 from rewards.guards.padding import left_pad as left_pad  # the one padding helper; re-exported for the evaluation code
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``device``, or the first CUDA device when there is one, else the CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """ "auto" is bfloat16 on an accelerator and float32 on the CPU; otherwise the named torch dtype."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type != "cpu" else torch.float32
-    value = getattr(torch, dtype, None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return value
 
 
 def load_causal_lm(
