@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import pytest  # noqa: E402
+import pytest  # the offline environment is set by the root conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 GUARD_TEMPLATE = REPO / "safe_rl" / "toy" / "guard_chat_template.jinja"

@@ -1,0 +1,7 @@
+"""Root conftest: every test and doctest runs offline (no hub downloads: a missing file fails at once)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
