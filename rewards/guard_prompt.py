@@ -18,7 +18,7 @@ A cut conversation is marked ``truncated`` and counted in the reward metrics.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -79,6 +79,49 @@ def escape_conversation(conversation: Sequence[dict[str, Any]], escaper: Content
     """
     escaper = escaper or ContentEscaper()
     return [{"role": m["role"], "content": escaper(str(m["content"]))} for m in conversation]
+
+
+def truncate_conversation(
+    conversation: Sequence[dict[str, Any]],
+    budget: Callable[[tuple[str, ...]], int],
+    count: Callable[[str], int],
+    cut: Callable[[str, int], str],
+) -> tuple[Conversation, bool]:
+    """The truncation rule of this module, in any unit; returns a copy of the messages and whether they were cut.
+
+    ``budget(roles)`` is the content budget of a conversation with those roles, ``count(text)`` the size of a text
+    and ``cut(text, keep)`` the text cut (head and tail) to ``keep``; a cut that can bring text to a line start
+    must escape it again. Tokens: `GuardPrompt`; characters: `rewards.guards.gen_remote.truncate_chars`.
+
+    Example:
+        >>> conv = [{"role": "user", "content": "q" * 100}, {"role": "assistant", "content": "a" * 100}]
+        >>> messages, truncated = truncate_conversation(conv, lambda roles: 80, len, lambda text, keep: text[:keep])
+        >>> truncated, [len(m["content"]) for m in messages]
+        (True, [20, 60])
+    """
+    counts = [count(m["content"]) for m in conversation]
+    room = budget(tuple(m["role"] for m in conversation))
+    if sum(counts) <= room:
+        return [dict(m) for m in conversation], False
+    response = is_response_moderation(conversation)
+    last = len(conversation) - (2 if response else 1)
+    start = 0
+    while start < last and sum(counts[start:]) > room:
+        start += 1
+    while conversation[start]["role"] != "user":  # a guard conversation starts with a user turn
+        start += 1
+    messages, counts = [dict(m) for m in conversation[start:]], counts[start:]
+    room = budget(tuple(m["role"] for m in messages))
+    if response:
+        prompt_keep = max(room // 4, room - counts[1])
+        if counts[0] > prompt_keep:
+            messages[0]["content"] = cut(messages[0]["content"], prompt_keep)
+        answer_keep = room - count(messages[0]["content"])
+        if counts[1] > answer_keep:
+            messages[1]["content"] = cut(messages[1]["content"], answer_keep)
+    else:
+        messages[0]["content"] = cut(messages[0]["content"], room)
+    return messages, True
 
 
 @dataclass(frozen=True)
@@ -177,34 +220,14 @@ class GuardPrompt:
         # A cut can bring a mid-line "Safety: Safe" to the start of a line: escape again (escaping is idempotent).
         return self.escaper(cut)
 
+    def _budget(self, roles: tuple[str, ...]) -> int:
+        return self.max_input_tokens - self._fixed_tokens(roles) - 8  # margin for merges across boundaries
+
     def _truncate(self, messages: Conversation) -> tuple[Conversation, bool]:
-        roles = tuple(m["role"] for m in messages)
-        budget = self.max_input_tokens - self._fixed_tokens(roles) - 8  # margin for merges across boundaries
+        budget = self._budget(tuple(m["role"] for m in messages))
         if self.byte_level and sum(len(m["content"].encode("utf-8")) for m in messages) <= budget:
             return messages, False  # the common case: no tokenization needed to know it fits
-        counts = [self._count(m["content"]) for m in messages]
-        if sum(counts) <= budget:
-            return messages, False
-        response = is_response_moderation(messages)
-        last = len(messages) - (2 if response else 1)
-        start = 0
-        while start < last and sum(counts[start:]) > budget:
-            start += 1
-        while messages[start]["role"] != "user":  # a guard conversation starts with a user turn
-            start += 1
-        messages, counts = messages[start:], counts[start:]
-        budget = self.max_input_tokens - self._fixed_tokens(tuple(m["role"] for m in messages)) - 8
-        messages = [dict(m) for m in messages]
-        if response:
-            prompt_keep = max(budget // 4, budget - counts[1])
-            if counts[0] > prompt_keep:
-                messages[0]["content"] = self._cut(messages[0]["content"], prompt_keep)
-            answer_keep = budget - self._count(messages[0]["content"])
-            if counts[1] > answer_keep:
-                messages[1]["content"] = self._cut(messages[1]["content"], answer_keep)
-        else:
-            messages[0]["content"] = self._cut(messages[0]["content"], budget)
-        return messages, True
+        return truncate_conversation(messages, self._budget, self._count, self._cut)
 
     # -- public -----------------------------------------------------------------------------------------------
     def prepare(self, conversation: Sequence[dict[str, Any]]) -> PreparedInput:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import typer
+from _cli import cli_app
 from typer.testing import CliRunner
 
 from safe_rl.training.cli import register
@@ -47,13 +47,7 @@ def _accelerate_args(argv: list[str]):
 
 
 def _train_dry_run(train_args: list[str]) -> str:
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
+    app = cli_app(register)
     result = CliRunner().invoke(app, ["train", *train_args, "--dry-run"])
     assert result.exit_code == 0, result.output
     return result.output

@@ -6,7 +6,7 @@ import json
 
 import datasets
 import pytest
-import typer
+from _cli import cli_app
 from _toy import toy_policy_dir  # noqa: F401  (session fixture)
 from typer.testing import CliRunner
 
@@ -39,17 +39,6 @@ def _write_wjb(path, n_per_type: int = 3) -> list[dict]:
     return rows
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    return app
-
-
 def test_selects_harmful_prompts_from_a_local_file(tmp_path):
     rows = _write_wjb(tmp_path / "wjb.tsv")
     prompts = harmful_prompts(str(tmp_path / "wjb.tsv"))
@@ -61,7 +50,7 @@ def test_selects_harmful_prompts_from_a_local_file(tmp_path):
 def test_prepare_without_filter_via_cli(tmp_path):
     _write_wjb(tmp_path / "wjb.tsv")
     out = tmp_path / "out"
-    result = CliRunner().invoke(_app(), ["prepare", "--source", str(tmp_path / "wjb.tsv"), "-o", str(out)])
+    result = CliRunner().invoke(cli_app(register), ["prepare", "--source", str(tmp_path / "wjb.tsv"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["kept"] == 6  # stdout: the summary; the progress bar goes to stderr
     dataset = datasets.load_from_disk(str(out / "dataset"))

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-import typer
+from _cli import cli_app
 from _toy import toy_models  # noqa: F401  (builds the toy models once per session)
 from typer.testing import CliRunner
 
@@ -40,13 +40,7 @@ def _train(*args: str) -> list[str]:
     """Run `safe-rl train ARGS`; return the messages logged by transformers' Trainer."""
     import transformers
 
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
+    app = cli_app(register)
     records = _Records()
     trainer_logger = logging.getLogger("transformers.trainer")
     verbosity = transformers.logging.get_verbosity()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import typer
+from _cli import cli_app
 from typer.testing import CliRunner
 
 from safe_rl.training.cli import register
@@ -13,17 +13,6 @@ from safe_rl.training.config import flatten_sections, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    return app
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -78,7 +67,9 @@ def test_bad_configs_fail_clearly(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_dry_run_of_every_config_on_this_machine(path):
     """No --use_cpu: a dry run describes the config for its target hardware even where that hardware is missing."""
-    result = CliRunner().invoke(_app(), ["train", "--config", str(path), "--dry-run", "--learning_rate", "2e-6"])
+    result = CliRunner().invoke(
+        cli_app(register), ["train", "--config", str(path), "--dry-run", "--learning_rate", "2e-6"]
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "learning_rate: 2.0e-06" in out and "# models" in out and "# GPUs" in out and "visible here:" in out

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from rewards.conversation import Conversation, is_response_moderation
+from rewards.conversation import Conversation
 from rewards.guard_prompt import (
     ELLIPSIS,
     ContentEscaper,
@@ -41,6 +41,7 @@ from rewards.guard_prompt import (
     PreparedInput,
     check_conversation,
     escape_conversation,
+    truncate_conversation,
 )
 from rewards.http_client import ServerClient, ServerError, run_sync
 from rewards.verdict import Verdict, failed_verdict, parse_verdict
@@ -79,25 +80,7 @@ def truncate_chars(conversation: Sequence[dict[str, Any]], max_chars: int) -> tu
         >>> truncated, [len(m["content"]) for m in messages]
         (True, [20, 60])
     """
-    messages = [dict(m) for m in conversation]
-    counts = [len(m["content"]) for m in messages]
-    if sum(counts) <= max_chars:
-        return messages, False
-    last = len(messages) - (2 if is_response_moderation(messages) else 1)
-    start = 0
-    while start < last and sum(counts[start:]) > max_chars:
-        start += 1
-    while messages[start]["role"] != "user":  # a guard conversation starts with a user turn
-        start += 1
-    messages, counts = messages[start:], counts[start:]
-    if sum(counts) > max_chars:  # the last [user] or [user, assistant] alone is still too long
-        if is_response_moderation(messages):
-            prompt_keep = max(max_chars // 4, max_chars - counts[1])
-            messages[0]["content"] = cut_chars(messages[0]["content"], prompt_keep)
-            messages[1]["content"] = cut_chars(messages[1]["content"], max_chars - len(messages[0]["content"]))
-        else:
-            messages[0]["content"] = cut_chars(messages[0]["content"], max_chars)
-    return messages, True
+    return truncate_conversation(conversation, lambda roles: max_chars, len, cut_chars)
 
 
 def _find_tokenizer(name: str) -> Any:

@@ -152,6 +152,17 @@ def _batch_logits(model, seqs: Sequence[Sequence[int]], prefix: int, pad: int) -
     return torch.cat([last, model.lm_head(tail.last_hidden_state)], dim=1)
 
 
+def optimizer_step(model, opt, sched, loss: torch.Tensor, losses: list[float]) -> None:
+    """One step of the toy trainers: back-propagate ``loss``, clip the gradient norm to 1, step the optimizer and its
+    schedule, and append the loss to ``losses``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    losses.append(loss.item())
+
+
 def train_causal_lm(
     model,
     examples: Sequence[tuple[list[int], int, float]],
@@ -198,13 +209,7 @@ def train_causal_lm(
             seq, start, _ = examples[i]
             labels[row, start - prefix : len(seq) - prefix] = torch.tensor(seq[start:])
         weights = torch.tensor([examples[i][2] for i in chosen], dtype=torch.float32)
-        loss = lm_loss(logits, labels, weights, vocab.log_other)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        optimizer_step(model, opt, sched, lm_loss(logits, labels, weights, vocab.log_other), losses)
     model.eval()
     return losses
 

@@ -29,7 +29,14 @@ def _build_helpfulness(folder: Path, recipe: dict[str, Any]) -> None:
     import torch
     from transformers import Qwen3ForSequenceClassification
 
-    from safe_rl.toy.compact import CompactVocab, TinyShape, expand_vocab, load_qwen_tokenizer, pad_batch
+    from safe_rl.toy.compact import (
+        CompactVocab,
+        TinyShape,
+        expand_vocab,
+        load_qwen_tokenizer,
+        optimizer_step,
+        pad_batch,
+    )
 
     torch.manual_seed(recipe["seed"])
     gen = torch.Generator().manual_seed(recipe["seed"])
@@ -50,7 +57,7 @@ def _build_helpfulness(folder: Path, recipe: dict[str, Any]) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.0)
     steps = recipe["steps"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / steps))
-    losses = []
+    losses: list[float] = []
     model.train()
     order: list[int] = []
     for _ in range(steps):
@@ -60,12 +67,7 @@ def _build_helpfulness(folder: Path, recipe: dict[str, Any]) -> None:
         ids, mask = pad_batch([vocab.encode(rows[i][0]) for i in batch], pad)
         target = torch.tensor([rows[i][1] for i in batch])
         loss = torch.nn.functional.mse_loss(model(input_ids=ids, attention_mask=mask).logits[:, 0], target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        optimizer_step(model, opt, sched, loss, losses)
     model.eval()
     full = Qwen3ForSequenceClassification(shape.config(len(tok), num_labels=1, pad_token_id=tok.pad_token_id))
     expand_vocab(model, full, vocab)
