@@ -54,14 +54,6 @@ def early_unsafe_penalty(cap: float, flagged_at: int | None, answer_tokens: int 
     return float(cap) - strength * abs(float(cap)) * earliness
 
 
-def _stream_guard(guard: Any) -> Any:
-    if isinstance(guard, str):
-        from rewards.guards.stream import Qwen3GuardStream
-
-        return Qwen3GuardStream(guard)
-    return guard
-
-
 class StreamGuardOnlyReward(GuardOnlyReward):
     """Paper eq. 1 with Qwen3Guard-Stream: 1.0 when the thinking and the answer are not flagged, else 0.0.
 
@@ -252,11 +244,14 @@ def _stream_guard(
     api_key: str | None = None,
     **guard_kwargs: Any,
 ) -> Any:
-    """The guard part of both stream builders: ``guard`` itself, else a `Qwen3GuardStream` of ``guard_model``.
+    """The guard of the stream rewards and builders: ``guard`` itself, else a `Qwen3GuardStream` of ``guard_model``
+    (or of ``guard`` when it is a model id / folder).
 
     ``api_key`` is accepted (and unused) so that one guard configuration serves the Gen and the Stream builders;
     ``guard_kwargs`` set to None are left to `Qwen3GuardStream`'s defaults.
     """
+    if isinstance(guard, str):
+        guard_model, guard = guard, None
     if guard is not None:
         return guard
     if guard_base_url is not None:

@@ -153,6 +153,19 @@ class RefusalJudge:
         return [Verdict(safety="Safe", refusal=c[-1]["content"].startswith("Sorry")) for c in conversations]
 
 
+def test_stream_rewards_take_a_model_id(tmp_path):
+    """A model id or folder becomes a Qwen3GuardStream of it (loaded on first use), in the classes and builders."""
+    folder = str(tmp_path / "stream-guard")
+    for reward in (
+        StreamGuardOnlyReward(folder),
+        StreamHybridReward(folder, ConstantHelpfulness()),
+        get_reward("stream_guard_only", guard_model=folder),
+    ):
+        assert isinstance(reward.guard, Qwen3GuardStream) and reward.guard.model == folder
+    with pytest.raises(ValueError, match="in-process only"):
+        get_reward("stream_guard_only", guard_base_url="http://localhost:8000/v1")
+
+
 def test_stream_rewards_with_the_real_stream_guard(stream_guard):
     guard, _, _ = stream_guard
     prompts = ["How?"] * 4

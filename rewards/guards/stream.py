@@ -23,7 +23,7 @@ from typing import Any
 
 from rewards.conversation import Conversation, prompt_messages
 from rewards.guards.base import dedupe
-from rewards.guards.stream_rule import FlagTracker, query_verdict
+from rewards.guards.stream_rule import FlagTracker
 from rewards.verdict import Policy, Verdict, check_policy, failed_verdict
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class Qwen3GuardStream:
     def _judge(self, batch: list[StreamInput]) -> list[Verdict]:
         import torch
 
-        from rewards.guards.stream_model import label_distribution
+        from rewards.guards.stream_moderation import push_answer, read_query
 
         net, labels = self.net, self.labels
         device = next(net.parameters()).device
@@ -248,21 +248,11 @@ class Qwen3GuardStream:
             for r, x in enumerate(batch):
                 if x.answer_start is None:
                     logits = [t.float().cpu() for t in net.heads(hidden[r, x.query_at])]
-                    out.append(
-                        query_verdict(
-                            labels.query_risk[int(logits[2].argmax())],
-                            labels.query_category[int(logits[3].argmax())],
-                            label_distribution(logits[2], labels.query_risk),
-                            truncated=x.truncated,
-                        )
-                    )
+                    out.append(read_query(labels, logits[2], logits[3], truncated=x.truncated))
                     continue
                 logits = [t.float().cpu() for t in net.heads(hidden[r, x.answer_start : len(x.ids)])]
                 tracker = FlagTracker()
-                for risk, ri, ci in zip(
-                    logits[0], logits[0].argmax(-1).tolist(), logits[1].argmax(-1).tolist(), strict=True
-                ):
-                    tracker.push(labels.risk[ri], labels.category[ci], label_distribution(risk, labels.risk))
+                push_answer(tracker, labels, logits[0], logits[1])
                 out.append(tracker.verdict(truncated=x.truncated))
         return out
 

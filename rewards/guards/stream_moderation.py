@@ -4,10 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from rewards.guards.stream_model import Qwen3GuardStreamModel, StreamLabels, label_distribution
 from rewards.guards.stream_rule import FlagTracker, query_verdict
 from rewards.guards.stream_session import StreamSession
 from rewards.verdict import Policy, Verdict, check_policy
+
+
+def read_query(
+    labels: StreamLabels, risk: torch.Tensor, category: torch.Tensor, *, truncated: bool = False
+) -> Verdict:
+    """The prompt verdict from the query heads' logits at the ``<|im_end|>`` closing the last user turn."""
+    return query_verdict(
+        labels.query_risk[int(risk.argmax())],
+        labels.query_category[int(category.argmax())],
+        label_distribution(risk, labels.query_risk),
+        truncated=truncated,
+    )
+
+
+def push_answer(tracker: FlagTracker, labels: StreamLabels, risk: torch.Tensor, category: torch.Tensor) -> None:
+    """Push the labels of answer tokens, from the response heads' logits (``[tokens, labels]``), into ``tracker``."""
+    for logits, ri, ci in zip(risk, risk.argmax(-1).tolist(), category.argmax(-1).tolist(), strict=True):
+        tracker.push(labels.risk[ri], labels.category[ci], label_distribution(logits, labels.risk))
 
 
 class StreamModeration:
@@ -68,14 +88,8 @@ class StreamModeration:
         out = self.session.feed(prefixes)
         self.query_verdicts = []
         for r, (logits, q) in enumerate(zip(out, query_at, strict=True)):
-            risk, category = logits.query_risk[q], logits.query_category[q]
             self.query_verdicts.append(
-                query_verdict(
-                    self.labels.query_risk[int(risk.argmax())],
-                    self.labels.query_category[int(category.argmax())],
-                    label_distribution(risk, self.labels.query_risk),
-                    truncated=self.truncated[r],
-                )
+                read_query(self.labels, logits.query_risk[q], logits.query_category[q], truncated=self.truncated[r])
             )
         return list(self.query_verdicts)
 
@@ -95,14 +109,7 @@ class StreamModeration:
         for tracker, logits in zip(self.trackers, out, strict=True):
             if logits.risk.numel() == 0:
                 continue
-            risk_idx = logits.risk.argmax(-1).tolist()
-            cat_idx = logits.category.argmax(-1).tolist()
-            for i, (ri, ci) in enumerate(zip(risk_idx, cat_idx, strict=True)):
-                tracker.push(
-                    self.labels.risk[ri],
-                    self.labels.category[ci],
-                    label_distribution(logits.risk[i], self.labels.risk),
-                )
+            push_answer(tracker, self.labels, logits.risk, logits.category)
         return self.flagged()
 
     def flagged(self) -> list[bool]:
