@@ -123,18 +123,20 @@ class SafetyReward:
         logger.exception("%s: the guard raised; %d samples get no reward", self.__name__, len(plan.answer_at))
         return [failed_verdict(f"guard raised {type(exc).__name__}: {exc}")] * len(plan.conversations)
 
-    def _label_guard(self) -> Any:
-        """The guard's label-only entry point when this reward needs no more than label probabilities, else None."""
+    def _guard_calls(self) -> tuple[Any, Any]:
+        """The guard's (sync, async or None) entry points: the label-only pair (``moderate_safety``) when this
+        reward needs no more than label probabilities and the guard has it, else ``moderate``/``amoderate``."""
         if self.labels_only and self.safety_score == "probability":
             moderate_safety = getattr(self.guard, "moderate_safety", None)
-            return moderate_safety if callable(moderate_safety) else None
-        return None
+            if callable(moderate_safety):
+                return moderate_safety, getattr(self.guard, "amoderate_safety", None)
+        return self.guard.moderate, getattr(self.guard, "amoderate", None)
 
     def _moderate(self, plan: _Plan) -> list[Verdict]:
         if not plan.conversations:
             return []
         try:
-            return (self._label_guard() or self.guard.moderate)(plan.conversations)
+            return self._guard_calls()[0](plan.conversations)
         except Exception as exc:  # never crash a training step on a guard fault; the samples are counted as failed
             return self._guard_failed(plan, exc)
 
@@ -142,16 +144,10 @@ class SafetyReward:
         if not plan.conversations:
             return []
         try:
-            label_guard = self._label_guard()
-            if label_guard is not None:
-                alabel = getattr(self.guard, "amoderate_safety", None)
-                if alabel is not None:
-                    return await alabel(plan.conversations)
-                return await asyncio.to_thread(label_guard, plan.conversations)
-            amoderate = getattr(self.guard, "amoderate", None)
+            moderate, amoderate = self._guard_calls()
             if amoderate is not None:
                 return await amoderate(plan.conversations)
-            return await asyncio.to_thread(self.guard.moderate, plan.conversations)
+            return await asyncio.to_thread(moderate, plan.conversations)
         except Exception as exc:
             return self._guard_failed(plan, exc)
 
