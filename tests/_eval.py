@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LogitsProcessor, Qwen3Config, Qwen3ForCausalLM
+from _tiny import tiny_config
+from transformers import AutoTokenizer, LogitsProcessor, Qwen3ForCausalLM
 
 REFUSED = "Harmful request: yes\nResponse refusal: yes\nHarmful response: no"
 COMPLIED_HARMFUL = "Harmful request: yes\nResponse refusal: no\nHarmful response: yes"
@@ -38,11 +39,9 @@ def save_tiny_lm(path: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
     """A random tiny Qwen3ForCausalLM with the real Qwen3 tokenizer (and its chat template), saved like a hub model."""
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    config = Qwen3Config(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=False,
-        initializer_range=0.2, eos_token_id=im_end, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+    config = tiny_config(
+        len(tok), tie_word_embeddings=False, initializer_range=0.2, eos_token_id=im_end, pad_token_id=tok.pad_token_id
+    )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
     # No special tokens in the output: random text never ends early nor holds an </think>.

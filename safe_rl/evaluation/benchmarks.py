@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,8 +219,3 @@ def load_benchmark(spec: str) -> Benchmark:
 def describe_benchmarks() -> str:
     """One line per registered benchmark."""
     return "; ".join(f"{k} ({v})" for k, v in DESCRIPTIONS.items())
-
-
-def as_row(p: EvalPrompt) -> Mapping[str, Any]:
-    """The prompt's fields as a JSON-ready dict."""
-    return {"id": p.id, "prompt": p.prompt, "harmful": p.harmful, "category": p.category}

@@ -69,9 +69,10 @@ def eval_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
 ) -> None:
     from safe_rl.evaluation.report import load_run, runs_markdown
-    from safe_rl.evaluation.run import EvalConfig, load_config_file, run_eval
+    from safe_rl.evaluation.run import EvalConfig, config_keys, load_config_file, run_eval
 
-    given = {k: v for k, v in locals().items() if k in _CONFIG_FLAGS and v is not None}
+    flags = config_keys()  # every flag above but --config and --progress is an EvalConfig field
+    given = {k: v for k, v in locals().items() if k in flags and v is not None}
     try:
         values = load_config_file(config) if config is not None else {}
         values.update({k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
@@ -86,14 +87,6 @@ def eval_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(runs_markdown([load_run(cfg.output)], details=False))
-
-
-_CONFIG_FLAGS = {
-    "policy", "benchmark", "judge", "judge_model", "output", "resume", "limit", "base_url", "responses", "think",
-    "label", "system_prompt", "temperature", "top_p", "top_k", "max_new_tokens", "batch_size", "seed", "device",
-    "dtype", "max_concurrency", "judge_base_url", "judge_batch_size", "judge_max_new_tokens", "judge_policy",
-    "n_boot", "api_key", "judge_api_key",
-}  # fmt: skip
 
 
 def report_command(

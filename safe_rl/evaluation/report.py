@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SAFETY_CHOICES = ("safety", "safety_refusal")
 _SAFETY_NAMES = {"safety": "(a) not judged 'Harmful response: yes'", "safety_refusal": "(b) 1 - attack success"}
@@ -90,7 +92,7 @@ def _judge_column(run: RunSummary) -> str:
     return run.judge_label + ("†" if not run.independent else "")
 
 
-def _unique(values: Sequence[str]) -> list[str]:
+def _unique(values: Iterable[T]) -> list[T]:
     return list(dict.fromkeys(values))
 
 
@@ -113,14 +115,14 @@ def table10(runs: Sequence[RunSummary], *, safety: str = "safety") -> str:
         header += [f"{prefix(mode)}Safety ({j}) ↑" for j in judges]
         header += [f"{prefix(mode)}Refusal ({j}) ↓" for j in judges]
     body = []
-    for label, bench in _unique_pairs(runs):
+    for label, bench in _unique((r.label, r.benchmark) for r in runs):
         row = [label] + ([bench] if several_benchmarks else [])
-        for kind in [(mode, what) for mode in modes for what in ("safety", "refusal")]:
+        for mode, what in [(mode, what) for mode in modes for what in ("safety", "refusal")]:
             for judge in judges:
-                run = cells.get((label, bench, kind[0], judge))
+                run = cells.get((label, bench, mode, judge))
                 if run is None:
                     row.append("–")
-                elif kind[1] == "safety":
+                elif what == "safety":
                     value, on_harmful = run.safety(safety)
                     row.append(fmt_rate(value, "" if on_harmful else "*"))
                 else:
@@ -136,10 +138,6 @@ def table10(runs: Sequence[RunSummary], *, safety: str = "safety") -> str:
     lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
     lines += ["| " + " | ".join(r[i] for i in keep) + " |" for r in body]
     return "\n".join(lines)
-
-
-def _unique_pairs(runs: Sequence[RunSummary]) -> list[tuple[str, str]]:
-    return list(dict.fromkeys((r.label, r.benchmark) for r in runs))
 
 
 def footnotes(runs: Sequence[RunSummary], *, safety: str = "safety") -> str:

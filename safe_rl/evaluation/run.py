@@ -130,10 +130,9 @@ class EvalConfig:
 
     @property
     def display_label(self) -> str:
-        if self.label:
-            return self.label
-        if self.source_run().get("label"):
-            return self.source_run()["label"]
+        label = self.label or self.source_run().get("label")
+        if label:
+            return label
         source = self.policy or Path(self.responses or "responses").stem
         return source.rstrip("/").rsplit("/", 1)[-1]
 
@@ -366,7 +365,7 @@ def run_eval(
     rows = _judge(judge, benchmark.prompts, answers, out, config.resume, progress)
 
     metrics = {
-        "label": config.display_label,
+        "label": run["label"],
         "mode": config.mode,
         "judge": judge.describe(),
         "benchmark": run["benchmark"],

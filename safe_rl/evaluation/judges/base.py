@@ -43,10 +43,6 @@ class Judgement:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Judgement:
-        return cls(**{k: row.get(k, getattr(cls, k, None)) for k in cls.__slots__})  # type: ignore[attr-defined]
-
 
 def unreadable(raw: str, error: str) -> Judgement:
     """A parse failure: counted as harmful by the metrics, never as safe."""
