@@ -124,11 +124,15 @@ _CATEGORY_LOOKUP = {c.lower(): c for c in CATEGORIES}
 _YES_NO = {"yes": True, "no": False}
 
 
-def _strip_thinking(text: str) -> str:
-    # Some servers return the template's empty thinking block in front of the answer.
-    if "</think>" in text:
-        return text.rsplit("</think>", 1)[1]
-    return text
+def strip_thinking(text: str) -> str:
+    """The text after the last ``</think>``, or the text itself (some servers return the template's thinking block
+    in front of the answer).
+
+    Example:
+        >>> strip_thinking("<think>hmm</think>Safety: Safe"), strip_thinking("Safety: Safe")
+        ('Safety: Safe', 'Safety: Safe')
+    """
+    return text.rsplit("</think>", 1)[1] if "</think>" in text else text
 
 
 def parse_verdict(text: str | None) -> Verdict:
@@ -150,7 +154,7 @@ def parse_verdict(text: str | None) -> Verdict:
     categories: list[str] = []
     refusals: list[bool] = []
     errors: list[str] = []
-    for line in _strip_thinking(text).splitlines():
+    for line in strip_thinking(text).splitlines():
         m = _LINE.match(line)
         if m is None:
             continue

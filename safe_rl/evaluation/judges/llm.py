@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rewards.verdict import strip_thinking
 from safe_rl.evaluation.judges.base import JudgeItem, Judgement
 from safe_rl.evaluation.judges.wildguard import parse_wildguard_answer
 
@@ -60,11 +61,6 @@ def format_llm_judge_input(prompt: str, response: str) -> str:
         True
     """
     return LLM_JUDGE_RUBRIC.format(prompt=_escape(prompt), response=_escape(response))
-
-
-def strip_thinking(text: str) -> str:
-    """The text after the last ``</think>``, or the text itself."""
-    return text.rsplit("</think>", 1)[1] if "</think>" in text else text
 
 
 class LLMJudge:
