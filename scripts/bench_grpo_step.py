@@ -18,6 +18,7 @@ flag is a training flag, e.g. ``--reward_compare hybrid``): the reward's share o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import platform
@@ -142,6 +143,7 @@ def measure_config(config: str, steps: int, overrides: Sequence[str] = ()) -> di
     The first step of each kind is left out of the share (it loads the guard and warms caches). Evaluation and
     saving are skipped: they are not part of a step.
     """
+    from safe_rl.toy.compact import torch_threads
     from safe_rl.training.config import load_train_config, resolve_model
     from safe_rl.training.train import build_prompt_dataset
 
@@ -149,45 +151,29 @@ def measure_config(config: str, steps: int, overrides: Sequence[str] = ()) -> di
     cfg = load_train_config(config, ["--max_steps", str(steps), "--output_dir", str(work), *overrides])
     policy = resolve_model(cfg.model.model_name_or_path)
     dataset = build_prompt_dataset(cfg)
-    threads = getattr(cfg, "torch_threads", None)  # as `run_training` does: the file's env OMP_NUM_THREADS
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        with torch.enable_grad():  # a caller (bench_reward.py) may have turned gradients off
-            result = _measure_kinds(cfg, policy, dataset, work, steps)
-    finally:
-        torch.set_num_threads(before)
+    # As `run_training` does: the file's env OMP_NUM_THREADS.
+    threads = torch_threads(cfg.torch_threads) if cfg.torch_threads else contextlib.nullcontext()
+    with threads, torch.enable_grad():  # a caller (bench_reward.py) may have turned gradients off
+        result = _measure_kinds(cfg, policy, dataset, work, steps)
     result["config"] = config
     return result
 
 
 def _measure_kinds(cfg, policy: str, dataset, work: Path, steps: int) -> dict:
-    import copy
-
-    from trl import GRPOTrainer, get_peft_config
     from trl.trainer.utils import is_async_callable
 
     from safe_rl.training.reward_setup import make_guard, make_helpfulness, make_reward
+    from safe_rl.training.train import make_trainer
 
     guard = make_guard(cfg.reward)
     helpfulness = make_helpfulness(cfg.reward) if "hybrid" in cfg.reward.kinds else None
     result: dict = {"steps_per_kind": steps, "torch_threads": torch.get_num_threads(), "kinds": {}}
     for kind in cfg.reward.kinds:
-        args = copy.deepcopy(cfg.grpo)
-        args.output_dir = str(work / kind)
         reward = Timed(make_reward(cfg.reward, kind, guard=guard, helpfulness=helpfulness))
         if is_async_callable(reward.reward):
             raise SystemExit("an async reward (remote guard) overlaps other work: time it with its trainer logs")
         timer = StepTimer()
-        trainer = GRPOTrainer(
-            model=policy,
-            reward_funcs=[reward],
-            args=args,
-            train_dataset=dataset,
-            peft_config=get_peft_config(cfg.model),
-            callbacks=[timer],
-        )
+        trainer = make_trainer(cfg, policy, reward, dataset, work / kind, callbacks=[timer])
         trainer.train()
         result["kinds"][kind] = reward_share(reward, timer)
         del trainer

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from safe_rl.data.wildjailbreak import HARMFUL_TYPES
+
 REWARD_KINDS: tuple[str, ...] = ("hybrid", "guard_only")
 SECTIONS: tuple[str, ...] = ("reward", "data", "evaluation")
-WILDJAILBREAK_HARMFUL: tuple[str, ...] = ("vanilla_harmful", "adversarial_harmful")
 TOY_PREFIX = "toy:"
 
 
@@ -73,11 +74,12 @@ class RewardArguments:
             if kind not in REWARD_KINDS:
                 raise ValueError(f"reward kind must be one of {REWARD_KINDS}, got {kind!r}")
         from rewards.safety_rewards import SAFETY_SCORES
+        from rewards.verdict import POLICIES
 
         if self.reward_safety_score not in SAFETY_SCORES:
             raise ValueError(f"reward.safety_score must be one of {SAFETY_SCORES}, got {self.reward_safety_score!r}")
-        if self.reward_policy not in ("strict", "loose"):
-            raise ValueError(f"reward.policy must be strict or loose, got {self.reward_policy!r}")
+        if self.reward_policy not in POLICIES:
+            raise ValueError(f"reward.policy must be one of {POLICIES}, got {self.reward_policy!r}")
         if self.reward_unsafe_cap > self.reward_refusal_cap:
             raise ValueError("reward.unsafe_cap must not exceed reward.refusal_cap (unsafe is worse than refusing)")
 
@@ -98,7 +100,7 @@ class DataArguments:
     data_config: str | None = field(default="train", metadata={"help": "Hub dataset configuration."})
     data_split: str = field(default="train", metadata={"help": "Dataset split."})
     data_types: list[str] = field(
-        default_factory=lambda: list(WILDJAILBREAK_HARMFUL),
+        default_factory=lambda: list(HARMFUL_TYPES),
         metadata={"help": "WildJailbreak data_type values kept (paper: vanilla_harmful adversarial_harmful)."},
     )
     data_prompt_column: str | None = field(

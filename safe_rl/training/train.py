@@ -78,6 +78,35 @@ def _checkpoint(resume: str | None, output_dir: Path) -> str | None:
     return last
 
 
+def model_init_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The policy's ``from_pretrained`` keyword arguments: the ``model`` section, then ``grpo.model_init_kwargs``."""
+    return {
+        "revision": cfg.model.model_revision,
+        "dtype": cfg.model.dtype,
+        "attn_implementation": cfg.model.attn_implementation,
+        **(cfg.grpo.model_init_kwargs or {}),
+    }
+
+
+def make_trainer(
+    cfg: TrainConfig, policy: str, reward: Any, dataset: Any, output_dir: Path, callbacks: list | None = None
+) -> Any:
+    """TRL's GRPOTrainer for one run of ``cfg`` (one reward kind), writing into ``output_dir``."""
+    from trl import GRPOTrainer, get_peft_config
+
+    # A copy, not dataclasses.replace: re-running GRPOConfig.__post_init__ on derived fields would fail.
+    args = copy.deepcopy(cfg.grpo)
+    args.output_dir, args.model_init_kwargs = str(output_dir), model_init_kwargs(cfg)
+    return GRPOTrainer(
+        model=policy,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=dataset,
+        peft_config=get_peft_config(cfg.model),
+        callbacks=callbacks,
+    )
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train once per reward kind (``reward.compare`` or ``reward.kind``), each from the same start; write each
     run's summary, and with ``evaluation.prompts`` the before/after table. Returns what it wrote.
@@ -94,7 +123,6 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
 def _run_training(cfg: TrainConfig) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOTrainer, get_peft_config
 
     from safe_rl.training.reward_setup import make_guard, make_helpfulness, make_reward
     from safe_rl.training.table10 import finding, load_eval_items, rates_dict, table10_markdown
@@ -105,12 +133,6 @@ def _run_training(cfg: TrainConfig) -> dict[str, Any]:
     dataset = build_prompt_dataset(cfg)
     guard = make_guard(cfg.reward)  # shared by the runs and the evaluation
     helpfulness = make_helpfulness(cfg.reward) if "hybrid" in kinds else None
-    model_init_kwargs = {
-        "revision": cfg.model.model_revision,
-        "dtype": cfg.model.dtype,
-        "attn_implementation": cfg.model.attn_implementation,
-        **(cfg.grpo.model_init_kwargs or {}),
-    }
     items = load_eval_items(cfg.evaluation, seed=cfg.grpo.seed)
     if items and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Sharded (ZeRO-3) weights cannot be sampled from one process; evaluate the saved model with `safe-rl eval`.
@@ -120,25 +142,17 @@ def _run_training(cfg: TrainConfig) -> dict[str, Any]:
     before = None
     if items and _is_main_process():
         tokenizer = AutoTokenizer.from_pretrained(policy)
-        start_model = AutoModelForCausalLM.from_pretrained(policy, **{k: v for k, v in model_init_kwargs.items() if v})
+        init_kwargs = {k: v for k, v in model_init_kwargs(cfg).items() if v}
+        start_model = AutoModelForCausalLM.from_pretrained(policy, **init_kwargs)
         before = _evaluate(cfg, start_model, tokenizer, items, guard)
         del start_model
     after = {}
     curves = {}
     for kind in kinds:
         output_dir = root / kind if len(kinds) > 1 else root
-        # A copy, not dataclasses.replace: re-running GRPOConfig.__post_init__ on derived fields would fail.
-        args = copy.deepcopy(cfg.grpo)
-        args.output_dir, args.model_init_kwargs = str(output_dir), model_init_kwargs
         reward = make_reward(cfg.reward, kind, guard=guard, helpfulness=helpfulness)
-        trainer = GRPOTrainer(
-            model=policy,
-            reward_funcs=[reward],
-            args=args,
-            train_dataset=dataset,
-            peft_config=get_peft_config(cfg.model),
-        )
-        trainer.train(resume_from_checkpoint=_checkpoint(args.resume_from_checkpoint, output_dir))
+        trainer = make_trainer(cfg, policy, reward, dataset, output_dir)
+        trainer.train(resume_from_checkpoint=_checkpoint(cfg.grpo.resume_from_checkpoint, output_dir))
         trainer.save_model(str(output_dir))
         if trainer.accelerator.is_main_process:
             extra: dict[str, Any] = {"reward": kind}
