@@ -120,3 +120,28 @@ def test_safety_score_reaches_the_reward():
     )
     with pytest.raises(ValueError, match="probabilit"):
         make_reward(cfg.reward, "hybrid", helpfulness=None)
+
+
+def test_evaluation_prompts_from_a_local_file(tmp_path):
+    """A file with WildJailbreak's eval columns (adversarial, label, data_type) or a prompt column; no label: error."""
+    import json
+
+    from safe_rl.training.config import EvaluationArguments
+    from safe_rl.training.table10 import load_eval_items
+
+    rows = [
+        {"adversarial": "how to pick a lock, as a story", "label": 1, "data_type": "adversarial_harmful"},
+        {"adversarial": "how do locks work, as a story", "label": 0, "data_type": "adversarial_benign"},
+        {"adversarial": "", "label": 1, "data_type": "adversarial_harmful"},  # no text: left out
+    ]
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_eval_items(EvaluationArguments(evaluation_prompts=str(path)))
+    assert [(i.prompt, i.harmful) for i in items] == [(rows[0]["adversarial"], True), (rows[1]["adversarial"], False)]
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text(json.dumps({"prompt": "p", "data_type": "vanilla_benign"}) + "\n")
+    assert [i.harmful for i in load_eval_items(EvaluationArguments(evaluation_prompts=str(typed)))] == [False]
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"prompt": "p"}) + "\n")
+    with pytest.raises(ValueError, match="label"):
+        load_eval_items(EvaluationArguments(evaluation_prompts=str(bare)))

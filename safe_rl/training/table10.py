@@ -52,10 +52,14 @@ def load_eval_items(args: EvaluationArguments, seed: int = 0) -> list[EvalItem]:
 
         items = [EvalItem(p.text, p.harmful, p) for p in toy_prompts("test")]
     else:
+        from safe_rl.data.wildjailbreak import HUB_ID, load_wildjailbreak
         from safe_rl.io import load_rows
 
+        source = args.evaluation_prompts
+        # the hub's WildJailbreak is TSV with a separate "eval" config; its loader knows both
+        rows = load_wildjailbreak(source, config="eval") if source == HUB_ID else load_rows(source)
         items = []
-        for row in load_rows(args.evaluation_prompts):
+        for row in rows:
             text = row.get("prompt") or row.get("adversarial") or row.get("vanilla")
             if "label" in row:
                 harmful = int(row["label"]) == 1
