@@ -154,18 +154,18 @@ class Qwen3GuardGen:
         """Safety label and label probabilities only, in input order (what a probability-scored guard-only reward
         reads). In-process, one forward pass per distinct input, ``category``/``refusal`` left None; a server gives
         only text, so there this is `moderate` (full verdicts, no probabilities)."""
-        conversations = [list(c) for c in conversations]
         if self.is_remote:
             return self.moderate(conversations)
+        conversations = [list(c) for c in conversations]
         if not self.dedupe:
             return self.backend.moderate_safety(conversations)
         return dedupe(conversations, self.backend.moderate_safety)
 
     async def amoderate_safety(self, conversations: Sequence[Conversation]) -> list[Verdict]:
         """Awaitable `moderate_safety`: a worker thread in-process, `amoderate` on the server backend."""
-        conversations = [list(c) for c in conversations]
         if self.is_remote:
             return await self.amoderate(conversations)
+        conversations = [list(c) for c in conversations]
         return await asyncio.to_thread(self.moderate_safety, conversations)
 
     def prepare(self, conversation: Conversation) -> PreparedInput:

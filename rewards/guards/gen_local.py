@@ -45,8 +45,6 @@ from rewards.verdict import Verdict, failed_verdict, parse_verdict
 
 logger = logging.getLogger(__name__)
 
-PROMPT_LINES = 2  # Safety, Categories
-RESPONSE_LINES = 3  # Safety, Categories, Refusal
 MIN_SHARED = 8  # a group prefix shorter than this (beyond the template's) is not worth a separate pass
 
 
@@ -90,8 +88,14 @@ class _Job:
     index: int
     prepared: PreparedInput
     ids: list[int]
+    group: str  # inputs that share a prompt group (answers to one prompt); a prompt input is a group of its own
     start: int = 0  # tokens held by the row's prefix state
     source: tuple[KVRows, int] | None = None  # (state, row) holding ids[:start]
+
+
+def _group_key(index: int, prepared: PreparedInput) -> str:
+    messages = prepared.messages
+    return f"{prepared.response}:{conversation_key(messages[:-1]) if prepared.response else index}"
 
 
 class LocalGenBackend:
@@ -143,13 +147,12 @@ class LocalGenBackend:
         self.max_batch_tokens = max_batch_tokens
         self.max_new_tokens = max_new_tokens
         self.generation_config = self._greedy_config()
-        self._newlines = newline_counts(self.tokenizer)
         self.decoder = VerdictDecoder(
             self.model,
             self.tokenizer,
             max_new_tokens=max_new_tokens,
             eos_ids=self.generation_config.eos_token_id,
-            newline_ids=set((self._newlines > 0).nonzero().flatten().tolist()),
+            newline_ids=set((newline_counts(self.tokenizer) > 0).nonzero().flatten().tolist()),
             pad_id=self.tokenizer.pad_token_id,
             logits_processor=logits_processor,
             processor_context=processor_context,
@@ -194,7 +197,7 @@ class LocalGenBackend:
             if isinstance(prepared, Exception):
                 results[i] = failed_verdict(f"bad conversation: {prepared}")
             else:
-                jobs.append(_Job(index=i, prepared=prepared, ids=prepared.input_ids))
+                jobs.append(_Job(index=i, prepared=prepared, ids=prepared.input_ids, group=_group_key(i, prepared)))
         self.stats["prepare_s"] += time.perf_counter() - t0
         for chunk in self._chunks(jobs):
             self._share_prefixes(chunk)
@@ -241,7 +244,7 @@ class LocalGenBackend:
         """Jobs in runs of whole prompt groups, so that a group's shared prefix lives only while it is needed."""
         groups: dict[str, list[_Job]] = {}
         for job in jobs:
-            groups.setdefault(self._group_key(job), []).append(job)
+            groups.setdefault(job.group, []).append(job)
         chunks, current, limit = [], [], 8 * self.batch_size
         for members in groups.values():
             current.extend(members)
@@ -249,11 +252,6 @@ class LocalGenBackend:
                 chunks.append(current)
                 current = []
         return [*chunks, current] if current else chunks
-
-    @staticmethod
-    def _group_key(job: _Job) -> str:
-        messages = job.prepared.messages
-        return f"{job.prepared.response}:{conversation_key(messages[:-1]) if job.prepared.response else job.index}"
 
     def _template(self, response: bool) -> tuple[list[int], KVRows]:
         """Token ids (and their keys/values) of the template text before the first content, for a kind of input."""
@@ -280,7 +278,7 @@ class LocalGenBackend:
         groups: dict[str, list[_Job]] = {}
         for job in jobs:
             if job.source is not None and job.prepared.response:
-                groups.setdefault(self._group_key(job), []).append(job)
+                groups.setdefault(job.group, []).append(job)
         shared = []
         for members in groups.values():
             ids = [m.ids for m in members]

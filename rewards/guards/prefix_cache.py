@@ -16,6 +16,7 @@ layout itself instead of a mask (`rewards.guards.slot_attention`: the same atten
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,21 +108,15 @@ def extend(
     positions = (start[:, None] + chunk_mask.cumsum(1) - 1).clamp(min=0)  # padding gets any valid position
     mask = chunk_mask if state is None else torch.cat([state.mask, chunk_mask], 1)
     cache = state.cache(model.config) if state is not None else DynamicCache(config=model.config)
-    if supports(model):  # same attention, less work: see `rewards.guards.slot_attention`
-        rows_layout = layout(state.mask if state is not None else None, chunk_mask, model.dtype)
-        with rows_attention(model):
-            out = model(
-                input_ids=ids,
-                attention_mask={"full_attention": rows_layout},  # a prepared mask: transformers builds none
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=keep,
-            )
+    fast = supports(model)  # same attention, less work: see `rewards.guards.slot_attention`
+    if fast:  # a prepared mask: transformers builds none
+        attention = {"full_attention": layout(state.mask if state is not None else None, chunk_mask, model.dtype)}
     else:
+        attention = mask
+    with rows_attention(model) if fast else nullcontext():
         out = model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=attention,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,

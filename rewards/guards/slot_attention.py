@@ -95,10 +95,11 @@ def rows_attention_forward(
     # causal mask, for all rows in one call; the padding queries at the end are garbage and rolled back over padding.
     shift = torch.as_tensor(lay.pads, device=query.device)[:, None]
     steps = torch.arange(width, device=query.device)[None, :]
+    ahead = (steps + shift) % width
     own, own_lse = _flash(
-        _roll(query, (steps + shift) % width),
-        _roll(key[:, :, p0:], (steps + shift) % width),
-        _roll(value[:, :, p0:], (steps + shift) % width),
+        _roll(query, ahead),
+        _roll(key[:, :, p0:], ahead),
+        _roll(value[:, :, p0:], ahead),
         0.0,
         True,
         scale=scaling,

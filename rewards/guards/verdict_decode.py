@@ -32,6 +32,9 @@ from rewards.guards.padding import left_pad
 from rewards.guards.prefix_cache import KVRows, extend
 from rewards.verdict import CATEGORIES, SAFETY_LABELS
 
+PROMPT_LINES = 2  # Safety, Categories
+RESPONSE_LINES = 3  # Safety, Categories, Refusal
+
 
 def verdict_texts(response: bool) -> list[str]:
     """Every well-formed verdict: 2 lines for a prompt, 3 for an answer (any label with any category or None)."""
@@ -129,7 +132,9 @@ class VerdictDecoder:
         self.stats: Counter = Counter()  # forwards, fed/padded tokens, seconds in the first pass and in the others
 
     def new_row(self, context: list[int], response: bool) -> RowState:
-        return RowState(context=context, needed_lines=3 if response else 2, drafter=self.drafters[response])
+        return RowState(
+            context=context, needed_lines=RESPONSE_LINES if response else PROMPT_LINES, drafter=self.drafters[response]
+        )
 
     def run(self, state: KVRows | None, rows: list[RowState], rest: list[list[int]], *, safety_only: bool) -> None:
         """Decode ``rows`` to the end; ``rest[i]`` (non-empty) is row i's input after what ``state`` holds."""
@@ -158,11 +163,12 @@ class VerdictDecoder:
                 row, draft = rows[i], drafts[n]
                 j = 0
                 while True:
-                    if self.labels is not None and self.labels.at_label(row.generated):
+                    label_next = self.labels is not None and self.labels.at_label(row.generated)
+                    if label_next:
                         at_label.append((row, at(n, j)))
                     t = greedy[at(n, j)]
                     row.generated.append(t)
-                    if self._stops(row, t, safety_only):
+                    if self._stops(row, t, safety_only and label_next):
                         row.done = True
                         break
                     if j < len(draft) and t == draft[j]:
@@ -213,14 +219,15 @@ class VerdictDecoder:
         picked = self.logits_processor(ids, picked)
         return picked, picked.argmax(-1).tolist(), lambda n, j: starts[n] + j
 
-    def _stops(self, row: RowState, t: int, safety_only: bool) -> bool:
+    def _stops(self, row: RowState, t: int, label_stop: bool) -> bool:
+        """Whether ``row`` ends after its new token ``t``; ``label_stop``: ``t`` is the label's place (safety_only)."""
         if t in self.eos_ids or len(row.generated) >= self.max_new_tokens:
             return True
         if t in self.newline_ids:
             text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
             if complete_lines(text) >= row.needed_lines:
                 return True
-        if safety_only and self.labels is not None and self.labels.at_label(row.generated[:-1]):
+        if label_stop:
             row.label = self.labels.label_of(t)
             return row.label is not None
         return False
