@@ -262,7 +262,7 @@ class LocalGenBackend:
             ]
             ids = [self.prompt.prepare(p).input_ids for p in probes]
             prefix = ids[0][: common_prefix_len(ids)]
-            state, _ = extend(self.model, None, [prefix], pad_id=self.tokenizer.pad_token_id)
+            state, _ = extend(self.model, None, [prefix], pad_id=self.tokenizer.pad_token_id, keep=0)
             self.stats["prefix_tokens"] += len(prefix)
             self._templates[response] = (prefix, state)
         return self._templates[response]
@@ -289,7 +289,9 @@ class LocalGenBackend:
         lengths = [len(s) for s in segments]
         for batch in length_batches(lengths, max_rows=self.batch_size, max_tokens=self.max_batch_tokens):
             base = self._template(True)[1].select([0] * len(batch))  # every group is of answers
-            state, _ = extend(self.model, base, [segments[b] for b in batch], pad_id=self.tokenizer.pad_token_id)
+            state, _ = extend(
+                self.model, base, [segments[b] for b in batch], pad_id=self.tokenizer.pad_token_id, keep=0
+            )
             self.stats["group_tokens"] += sum(len(segments[b]) for b in batch)
             for row, b in enumerate(batch):
                 members, length = shared[b]

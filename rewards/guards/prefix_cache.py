@@ -24,8 +24,9 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from rewards.guards.padding import left_pad
-from rewards.guards.slot_attention import layout, rows_attention, supports
+from rewards.guards import last_layer
+from rewards.guards.padding import pad
+from rewards.guards.slot_attention import layout, long_chunk, rows_attention, supports
 
 
 @dataclass
@@ -56,9 +57,10 @@ class KVRows:
         )
 
     def drop_last_slots(self, row: int, count: int) -> None:
-        """Mask the last ``count`` slots of ``row`` (rejected draft tokens) and move its next position back."""
+        """Mask the last ``count`` visible slots of ``row`` (rejected draft tokens), move its next position back."""
         if count > 0:
-            self.mask[row, self.slots - count :] = 0
+            visible = self.mask[row].nonzero().flatten()  # padding may follow them (a right-padded chunk)
+            self.mask[row, visible[-count:]] = 0
             self.next_pos[row] -= count
 
     def cache(self, config: Any) -> DynamicCache:
@@ -97,30 +99,41 @@ def stack(parts: Sequence[tuple[KVRows, Sequence[int]]]) -> KVRows:
 def extend(
     model: Any, state: KVRows | None, rows: Sequence[Sequence[int]], *, pad_id: int, keep: int = 1
 ) -> tuple[KVRows, torch.Tensor]:
-    """Run ``rows`` (one token list per state row, left-padded into one chunk) on top of ``state``.
+    """Run ``rows`` (one token list per state row, padded into one chunk) on top of ``state``.
 
-    Returns the extended state and the logits of the chunk's last ``keep`` columns, ``[rows, keep, vocab]``: for a
-    row of n >= keep tokens, its last ``keep`` tokens.
+    Returns the extended state and the logits at each row's last ``keep`` tokens, ``[rows, keep, vocab]`` (a row of
+    fewer tokens gets some of its own or padding in front; ``keep=0``: no logits, only the state). The last layer
+    runs only at those tokens where it can (`rewards.guards.last_layer`).
     """
     device = model.device
-    ids, chunk_mask = left_pad(rows, pad_id, device)
+    fast = supports(model)  # same attention, less work: see `rewards.guards.slot_attention`
+    right = fast and long_chunk(max(len(r) for r in rows))  # its long-chunk attention wants right padding
+    ids, chunk_mask = pad(rows, pad_id, device, left=not right)
     start = state.next_pos if state is not None else torch.zeros(len(rows), dtype=torch.long, device=device)
     positions = (start[:, None] + chunk_mask.cumsum(1) - 1).clamp(min=0)  # padding gets any valid position
     mask = chunk_mask if state is None else torch.cat([state.mask, chunk_mask], 1)
     cache = state.cache(model.config) if state is not None else DynamicCache(config=model.config)
-    fast = supports(model)  # same attention, less work: see `rewards.guards.slot_attention`
     if fast:  # a prepared mask: transformers builds none
         attention = {"full_attention": layout(state.mask if state is not None else None, chunk_mask, model.dtype)}
     else:
         attention = mask
-    with rows_attention(model) if fast else nullcontext():
+    width = ids.shape[1]
+    if right:
+        index = (chunk_mask.sum(1, keepdim=True) - keep + torch.arange(keep, device=device)).clamp(min=0)
+    else:
+        index = torch.arange(width - keep, width, device=device).clamp(min=0).expand(len(rows), keep)
+    tail = last_layer.supports(model)
+    with (
+        rows_attention(model) if fast else nullcontext(),
+        last_layer.last_positions(model, index) if tail else nullcontext(),
+    ):
         out = model(
             input_ids=ids,
             attention_mask=attention,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=keep,
+            logits_to_keep=keep if tail else max(keep, 1),  # 0 would mean every column to transformers
         )
     cache = out.past_key_values
     new = KVRows(
@@ -129,7 +142,7 @@ def extend(
         mask=mask,
         next_pos=start + chunk_mask.sum(1),
     )
-    return new, out.logits
+    return new, out.logits[:, out.logits.shape[1] - keep :]
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:

@@ -6,9 +6,10 @@ may be padding) and a left-padded chunk of new tokens. Stock transformers turns 
 stops it from skipping the causal upper triangle) and, with a mask, transformers first copies the key/value heads
 up to the query heads (``repeat_kv``). Here, with the same kernel:
 
-* long chunks (the first pass over the inputs): the queries against the prefix (mask, no causality), then the
-  chunk against itself with ``is_causal`` (the kernel skips the blocks above the diagonal; rows are rolled so that
-  their padding comes last), merged with the two log-sum-exps: softmax over the union of the keys, rounding aside;
+* long chunks (the first pass over the inputs), which `prefix_cache.extend` pads on the right: the queries against
+  the prefix (mask, no causality), then the chunk against itself with ``is_causal`` (the kernel skips the blocks
+  above the diagonal; a top-left causal mask is each right-padded row's own), merged with the two log-sum-exps:
+  softmax over the union of the keys, rounding aside;
 * short chunks (decoding passes of a few tokens): one call with an additive mask;
 * key/value heads passed as they are (the kernel handles grouped-query attention itself).
 
@@ -30,7 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "guard_rows_sdpa"
 SPLIT_MIN = 64  # a chunk this long is split into prefix + per-row causal parts; shorter ones take one masked call
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
 @dataclass
@@ -40,8 +41,19 @@ class RowsLayout:
     prefix: int  # cached slots before the chunk
     prefix_bias: torch.Tensor | None  # [rows, 1, 1, prefix], 0 where a slot is visible, -inf where not
     prefix_rows: list[bool]  # rows with at least one visible prefix slot
-    pads: list[int]  # left padding of each row's chunk
     full_bias: torch.Tensor | None  # [rows, 1, chunk, prefix + chunk] for short chunks (one call), else None
+
+    def query_bias(self, index: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask ``[rows, 1, keep, prefix + chunk]`` of the chunk columns ``index`` ``[rows, keep]``."""
+        rows, keep = index.shape
+        if self.full_bias is not None:
+            return self.full_bias.gather(2, index[:, None, :, None].expand(rows, 1, keep, self.full_bias.shape[-1]))
+        # a right-padded long chunk: a query sees the chunk up to itself (padding only ever follows it)
+        columns = torch.arange(width, device=index.device)
+        chunk = additive(columns[None, None, None, :] <= index[:, None, :, None], dtype)
+        if not self.prefix:
+            return chunk
+        return torch.cat([self.prefix_bias.expand(rows, 1, keep, self.prefix), chunk], 3)
 
 
 def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -50,25 +62,29 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: torch.dtype) -> RowsLayout:
-    """The layout of one pass: ``state_mask`` ``[rows, prefix]`` (or None), ``chunk_mask`` ``[rows, chunk]`` left-padded."""
+    """The layout of one pass: ``state_mask`` ``[rows, prefix]`` (or None), ``chunk_mask`` ``[rows, chunk]``.
+
+    A chunk of at least `SPLIT_MIN` columns must be right-padded, a shorter one left-padded (`long_chunk`).
+    """
     rows, width = chunk_mask.shape
-    pads = (width - chunk_mask.sum(1)).tolist()
     prefix = 0 if state_mask is None else state_mask.shape[1]
     visible = state_mask.bool() if state_mask is not None else chunk_mask.new_zeros(rows, 0, dtype=torch.bool)
-    if width >= SPLIT_MIN:
+    if long_chunk(width):
         return RowsLayout(
             prefix=prefix,
             prefix_bias=additive(visible[:, None, None, :], dtype) if prefix else None,
             prefix_rows=visible.any(1).tolist(),
-            pads=pads,
             full_bias=None,
         )
     causal = torch.ones(width, width, dtype=torch.bool, device=chunk_mask.device).tril()
     chunk = causal[None] & chunk_mask.bool()[:, None, :]
     full = torch.cat([visible[:, None, :].expand(rows, width, prefix), chunk], 2)
-    return RowsLayout(
-        prefix=prefix, prefix_bias=None, prefix_rows=[], pads=pads, full_bias=additive(full[:, None], dtype)
-    )
+    return RowsLayout(prefix=prefix, prefix_bias=None, prefix_rows=[], full_bias=additive(full[:, None], dtype))
+
+
+def long_chunk(width: int) -> bool:
+    """Whether a chunk this wide takes the split path (and is therefore padded on the right)."""
+    return width >= SPLIT_MIN
 
 
 def rows_attention_forward(
@@ -88,37 +104,19 @@ def rows_attention_forward(
         )
     lay = attention_mask
     if lay.full_bias is not None:
-        out, _ = _flash(query, key, value, 0.0, False, attn_mask=lay.full_bias, scale=scaling)
+        out, _ = flash_cpu(query, key, value, 0.0, False, attn_mask=lay.full_bias, scale=scaling)
         return out.transpose(1, 2).contiguous(), None
-    p0, width = lay.prefix, query.shape[2]
-    # Each row's chunk rolled left by its padding (right-padded): a top-left causal mask is then the row's own
-    # causal mask, for all rows in one call; the padding queries at the end are garbage and rolled back over padding.
-    shift = torch.as_tensor(lay.pads, device=query.device)[:, None]
-    steps = torch.arange(width, device=query.device)[None, :]
-    ahead = (steps + shift) % width
-    own, own_lse = _flash(
-        _roll(query, ahead),
-        _roll(key[:, :, p0:], ahead),
-        _roll(value[:, :, p0:], ahead),
-        0.0,
-        True,
-        scale=scaling,
-    )
-    back = (steps - shift) % width
-    own, own_lse = _roll(own, back), own_lse.gather(2, back[:, None, :].expand(own_lse.shape))
+    p0 = lay.prefix
+    # right-padded rows: a top-left causal mask is each row's own; padding queries (at the end) are garbage
+    own, own_lse = flash_cpu(query, key[:, :, p0:], value[:, :, p0:], 0.0, True, scale=scaling)
     if not p0:
         return own.transpose(1, 2).contiguous(), None
-    out, lse = _flash(query, key[:, :, :p0], value[:, :, :p0], 0.0, False, attn_mask=lay.prefix_bias, scale=scaling)
+    out, lse = flash_cpu(query, key[:, :, :p0], value[:, :, :p0], 0.0, False, attn_mask=lay.prefix_bias, scale=scaling)
     lse = lse.masked_fill(~torch.as_tensor(lay.prefix_rows, device=lse.device)[:, None, None], float("-inf"))
     # softmax over prefix + chunk keys from the two partial softmaxes: weights exp(lse_part - lse_all)
     total = torch.logaddexp(lse, own_lse)
     out = out * (lse - total).exp_()[..., None] + own * (own_lse - total).exp_()[..., None]
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
-
-
-def _roll(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[r, h, index[r, t]]`` for ``x`` ``[rows, heads, tokens, dim]`` and ``index`` ``[rows, tokens]``."""
-    return x.gather(2, index[:, None, :, None].expand(x.shape[0], x.shape[1], index.shape[1], x.shape[3]))
 
 
 AttentionInterface.register(NAME, rows_attention_forward)
