@@ -195,9 +195,12 @@ def test_full_verdicts_match_generate_token_for_token(guard_dir):
     convs = conversations(16, seed=1)
     guard.backend.logits_processor = processor = VerdictFormat(guard.backend.tokenizer)
     passes = []
-    hook = guard.backend.model.register_forward_hook(lambda *args: passes.append(1))
+    hook = guard.backend.model.get_decoder().register_forward_hook(lambda *args: passes.append(1))  # both paths
+    heads = []
+    head_hook = guard.backend.model.get_output_embeddings().register_forward_hook(lambda *args: heads.append(1))
     ours = guard.moderate(convs)
-    ours_passes = len(passes)
+    ours_passes, ours_heads = len(passes), len(heads)
+    head_hook.remove()
     expected = plain_generate(guard.backend, convs, processor)
     hook.remove()
     agreement([v.raw for v in ours], expected, "verdicts")
@@ -206,6 +209,8 @@ def test_full_verdicts_match_generate_token_for_token(guard_dir):
     assert all(v.probs and abs(sum(v.probs.values()) - 1) < 1e-6 for v in ours)
     # drafts accepted: a 3-line verdict in about 4 passes per batch instead of ~13 single-token steps
     assert ours_passes < 0.5 * (len(passes) - ours_passes), (ours_passes, len(passes) - ours_passes)
+    # several batches decoded side by side: one LM-head call per pass for all of them
+    assert guard.backend.stats["forwards"] > 2 * ours_heads, (guard.backend.stats["forwards"], ours_heads)
 
 
 def test_free_decoding_matches_generate_with_rejected_drafts(guard_dir):

@@ -102,7 +102,9 @@ class LocalGenBackend:
     """Runs a Qwen3Guard-Gen checkpoint in this process. Built by `rewards.Qwen3GuardGen`; see its arguments.
 
     ``model`` may also be a loaded causal LM (then ``tokenizer`` names the tokenizer); ``max_batch_tokens`` bounds
-    rows x padded length per forward batch; ``logits_processor`` (a transformers ``LogitsProcessor`` or list) is
+    rows x padded length per forward batch; ``max_wave_tokens`` bounds the padded tokens of the batches decoded side by
+    side (their states are held together; each decoding pass puts them through the LM head in one call);
+    ``logits_processor`` (a transformers ``LogitsProcessor`` or list) is
     applied wherever the decoder reads next-token scores, as ``generate`` would apply it (benchmarks force a fixed
     verdict on random-weight models with it) and sees the last ``processor_context`` input tokens (None: all).
     Inputs are rendered and tokenized by ``prepare_workers`` threads (default: half the CPUs, at most 8), each with
@@ -121,6 +123,7 @@ class LocalGenBackend:
         max_new_tokens: int = 32,
         model_kwargs: dict[str, Any] | None = None,
         max_batch_tokens: int = 32768,
+        max_wave_tokens: int = 65536,
         logits_processor: Any = None,
         processor_context: int | None = None,
         prepare_workers: int | None = None,
@@ -145,6 +148,7 @@ class LocalGenBackend:
         self._local = threading.local()
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.max_wave_tokens = max_wave_tokens
         self.max_new_tokens = max_new_tokens
         self.generation_config = self._greedy_config()
         self.decoder = VerdictDecoder(
@@ -308,28 +312,49 @@ class LocalGenBackend:
         without = [j for j in jobs if j.source is None]  # a template that renders content into its prefix
         for part in (with_prefix, without):
             lengths = [len(j.ids) - j.start for j in part]
-            for batch in length_batches(lengths, max_rows=self.batch_size, max_tokens=self.max_batch_tokens):
+            batches = length_batches(lengths, max_rows=self.batch_size, max_tokens=self.max_batch_tokens)
+            for wave in self._waves(batches, lengths):
                 t0 = time.perf_counter()
-                group = [part[b] for b in batch]
-                if group[0].source is not None:
-                    group.sort(key=lambda j: id(j.source[0]))  # rows of one state side by side: one select each
-                    parts: dict[int, tuple[KVRows, list[int]]] = {}
-                    for j in group:
-                        parts.setdefault(id(j.source[0]), (j.source[0], []))[1].append(j.source[1])
-                    state = stack(list(parts.values()))
-                else:
-                    state = None
+                groups = [[part[b] for b in batch] for batch in wave]
+                states = [self._stack(group) for group in groups]
                 self._sync()
                 self.stats["stack_s"] += time.perf_counter() - t0
-                rows = [self.decoder.new_row(j.ids, j.prepared.response) for j in group]
-                self.decoder.run(state, rows, [j.ids[j.start :] for j in group], safety_only=safety_only)
-                self.stats["input_tokens"] += sum(len(j.ids) for j in group)
-                self.stats["rest_tokens"] += sum(len(j.ids) - j.start for j in group)
-                self.stats["generated_tokens"] += sum(len(r.generated) for r in rows)
-                out.extend((j, self._verdict(j, r)) for j, r in zip(group, rows, strict=True))
+                rows = [[self.decoder.new_row(j.ids, j.prepared.response) for j in group] for group in groups]
+                rest = [[j.ids[j.start :] for j in group] for group in groups]
+                self.decoder.run_batches(list(zip(states, rows, rest, strict=True)), safety_only=safety_only)
+                for group, group_rows in zip(groups, rows, strict=True):
+                    self.stats["input_tokens"] += sum(len(j.ids) for j in group)
+                    self.stats["rest_tokens"] += sum(len(j.ids) - j.start for j in group)
+                    self.stats["generated_tokens"] += sum(len(r.generated) for r in group_rows)
+                    out.extend((j, self._verdict(j, r)) for j, r in zip(group, group_rows, strict=True))
                 self._sync()
                 self.stats["decode_s"] += time.perf_counter() - t0
         return out
+
+    def _waves(self, batches: list[list[int]], lengths: list[int]) -> list[list[list[int]]]:
+        """Consecutive batches whose states are held together (at most ``max_wave_tokens`` padded tokens)."""
+        waves: list[list[list[int]]] = []
+        held = 0
+        for batch in batches:
+            size = len(batch) * max(lengths[b] for b in batch)
+            if waves and held + size <= self.max_wave_tokens:
+                waves[-1].append(batch)
+                held += size
+            else:
+                waves.append([batch])
+                held = size
+        return waves
+
+    @staticmethod
+    def _stack(group: list[_Job]) -> KVRows | None:
+        """The prefix state of a batch: its rows' sources side by side (None when the rows have no prefix)."""
+        if group[0].source is None:
+            return None
+        group.sort(key=lambda j: id(j.source[0]))  # rows of one state side by side: one select each
+        parts: dict[int, tuple[KVRows, list[int]]] = {}
+        for j in group:
+            parts.setdefault(id(j.source[0]), (j.source[0], []))[1].append(j.source[1])
+        return stack(list(parts.values()))
 
     def _verdict(self, job: _Job, row: RowState) -> Verdict:
         if row.label is not None:  # stopped at the label (moderate_safety)

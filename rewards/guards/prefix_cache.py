@@ -97,13 +97,21 @@ def stack(parts: Sequence[tuple[KVRows, Sequence[int]]]) -> KVRows:
 
 @torch.inference_mode()
 def extend(
-    model: Any, state: KVRows | None, rows: Sequence[Sequence[int]], *, pad_id: int, keep: int = 1
+    model: Any,
+    state: KVRows | None,
+    rows: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    keep: int = 1,
+    hidden: bool = False,
 ) -> tuple[KVRows, torch.Tensor]:
     """Run ``rows`` (one token list per state row, padded into one chunk) on top of ``state``.
 
     Returns the extended state and the logits at each row's last ``keep`` tokens, ``[rows, keep, vocab]`` (a row of
     fewer tokens gets some of its own or padding in front; ``keep=0``: no logits, only the state). The last layer
-    runs only at those tokens where it can (`rewards.guards.last_layer`).
+    runs only at those tokens where it can (`rewards.guards.last_layer`). ``hidden`` (only where
+    `last_layer.supports` the model): the final hidden states there instead, ``[rows, keep, hidden]``, for the
+    caller to put through the LM head (``model.get_output_embeddings()``) together with other batches'.
     """
     device = model.device
     fast = supports(model)  # same attention, less work: see `rewards.guards.slot_attention`
@@ -123,17 +131,19 @@ def extend(
     else:
         index = torch.arange(width - keep, width, device=device).clamp(min=0).expand(len(rows), keep)
     tail = last_layer.supports(model)
+    if hidden and not tail:
+        raise ValueError("hidden=True needs a model that rewards.guards.last_layer supports")
     with (
         rows_attention(model) if fast else nullcontext(),
         last_layer.last_positions(model, index) if tail else nullcontext(),
     ):
-        out = model(
+        out = (model.get_decoder() if hidden else model)(
             input_ids=ids,
             attention_mask=attention,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=keep if tail else max(keep, 1),  # 0 would mean every column to transformers
+            **({} if hidden else {"logits_to_keep": keep if tail else max(keep, 1)}),  # 0: every column to HF
         )
     cache = out.past_key_values
     new = KVRows(
@@ -142,6 +152,8 @@ def extend(
         mask=mask,
         next_pos=start + chunk_mask.sum(1),
     )
+    if hidden:
+        return new, out.last_hidden_state  # the last layer kept just the ``keep`` columns
     return new, out.logits[:, out.logits.shape[1] - keep :]
 
 

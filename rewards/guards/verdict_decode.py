@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from rewards.guards import last_layer
 from rewards.guards.label_probs import SAFETY_PREFIX, LabelTokens, encode
 from rewards.guards.padding import left_pad
 from rewards.guards.prefix_cache import KVRows, extend
@@ -101,6 +102,20 @@ class RowState:
     done: bool = False
 
 
+Batch = tuple[KVRows | None, list[RowState], list[list[int]]]  # (prefix state, rows, each row's input after it)
+
+
+@dataclass
+class _Live:
+    """A batch being decoded: its state, its rows, which of them are active, and their next drafts and feeds."""
+
+    state: KVRows | None
+    rows: list[RowState]
+    active: list[int]
+    drafts: list[list[int]]
+    feeds: list[list[int]]
+
+
 class VerdictDecoder:
     """Decodes `RowState` batches on top of `KVRows` prefixes; see the module docstring."""
 
@@ -129,6 +144,7 @@ class VerdictDecoder:
         except ValueError:
             self.labels = None  # no label distribution, no label-only stop; decoding itself is unaffected
         self.drafters = {r: VerdictDrafter(tokenizer, response=r) for r in (False, True)}
+        self.split_head = last_layer.supports(model)  # layers per batch, one LM-head call for all batches
         self.stats: Counter = Counter()  # forwards, fed/padded tokens, seconds in the first pass and in the others
 
     def new_row(self, context: list[int], response: bool) -> RowState:
@@ -138,86 +154,95 @@ class VerdictDecoder:
 
     def run(self, state: KVRows | None, rows: list[RowState], rest: list[list[int]], *, safety_only: bool) -> None:
         """Decode ``rows`` to the end; ``rest[i]`` (non-empty) is row i's input after what ``state`` holds."""
-        active = list(range(len(rows)))
-        drafts = [rows[i].drafter.draft([]) for i in active]
-        feeds = [rest[i] + drafts[n] for n, i in enumerate(active)]
+        self.run_batches([(state, rows, rest)], safety_only=safety_only)
+
+    def run_batches(self, batches: Sequence[Batch], *, safety_only: bool) -> None:
+        """Decode several ``(state, rows, rest)`` batches side by side, each as `run` would.
+
+        Each pass runs every batch's layers on its own state, then the positions all batches read go through the
+        LM head in one call: with a 151k vocabulary the head's weights are read once per call, whatever the rows.
+        """
+        live = []
+        for state, rows, rest in batches:
+            drafts = [row.drafter.draft([]) for row in rows]
+            feeds = [rest[i] + drafts[i] for i in range(len(rows))]
+            live.append(_Live(state, rows, list(range(len(rows))), drafts, feeds))
         phase = "prefill"
-        while active:
+        while live:
             t0 = time.perf_counter()
-            keep = max(len(d) for d in drafts) + 1
-            state, logits = extend(self.model, state, feeds, pad_id=self.pad_id, keep=keep)
-            # the row's scores are the last len(draft) + 1 columns: at its last fed token, then at each draft token
-            offsets = [keep - len(d) - 1 for d in drafts]
-            scores, greedy, at = self._scores(logits, [rows[i] for i in active], drafts, offsets)
+            reads = [self._extend(b) for b in live]  # per batch: [positions read, hidden or vocab]
+            scores, greedy = self._scores(torch.cat(reads), live)
             self.stats.update(
                 {
-                    "forwards": 1,
-                    "fed_tokens": sum(len(f) for f in feeds),
-                    f"{phase}_padded_tokens": len(feeds) * max(map(len, feeds)),
+                    "forwards": len(live),
+                    "fed_tokens": sum(len(f) for b in live for f in b.feeds),
+                    f"{phase}_padded_tokens": sum(len(b.feeds) * max(map(len, b.feeds)) for b in live),
                     f"{phase}_s": time.perf_counter() - t0,  # the argmax list above waits for the device
                 }
             )
             phase = "steps"
-            survivors, at_label = [], []
-            for n, i in enumerate(active):
-                row, draft = rows[i], drafts[n]
-                j = 0
-                while True:
-                    label_next = self.labels is not None and self.labels.at_label(row.generated)
-                    if label_next:
-                        at_label.append((row, at(n, j)))
-                    t = greedy[at(n, j)]
-                    row.generated.append(t)
-                    if self._stops(row, t, safety_only and label_next):
-                        row.done = True
+            at_label: list[tuple[RowState, int]] = []
+            pos = 0  # where a row's first read position is in ``greedy`` (batches and rows in order)
+            for b in live:
+                survivors = []
+                for n, i in enumerate(b.active):
+                    row, draft = b.rows[i], b.drafts[n]
+                    j = 0
+                    while True:
+                        label_next = self.labels is not None and self.labels.at_label(row.generated)
+                        if label_next:
+                            at_label.append((row, pos + j))
+                        t = greedy[pos + j]
+                        row.generated.append(t)
+                        if self._stops(row, t, safety_only and label_next):
+                            row.done = True
+                            break
+                        if j < len(draft) and t == draft[j]:
+                            j += 1
+                            continue
+                        row.pending = t
                         break
-                    if j < len(draft) and t == draft[j]:
-                        j += 1
-                        continue
-                    row.pending = t
-                    break
-                if not row.done:
-                    state.drop_last_slots(n, len(draft) - j)
-                    survivors.append(n)
+                    pos += len(draft) + 1
+                    if not row.done:
+                        b.state.drop_last_slots(n, len(draft) - j)
+                        survivors.append(n)
+                if len(survivors) < len(b.active) and survivors:
+                    b.state = b.state.select(survivors)
+                b.active = [b.active[n] for n in survivors]
+                b.drafts = [b.rows[i].drafter.draft(b.rows[i].generated) for i in b.active]
+                b.feeds = [[b.rows[i].pending, *b.drafts[n]] for n, i in enumerate(b.active)]
             if at_label:
                 probs = self.labels.batch_probs(scores[torch.tensor([k for _, k in at_label], device=scores.device)])
                 for (row, _), p in zip(at_label, probs, strict=True):
                     row.probs = p
-            if len(survivors) < len(active):
-                if not survivors:
-                    break
-                state = state.select(survivors)
-            active = [active[n] for n in survivors]
-            drafts = [rows[i].drafter.draft(rows[i].generated) for i in active]
-            feeds = [[rows[i].pending, *drafts[n]] for n, i in enumerate(active)]
+            live = [b for b in live if b.active]
 
-    def _scores(
-        self, logits: torch.Tensor, rows: list[RowState], drafts: list[list[int]], offsets: list[int]
-    ) -> tuple[torch.Tensor, list[int], Any]:
-        """Next-token scores, their argmax, and ``at(n, j)``: where row n's position j (0 = its last fed token) is.
+    def _extend(self, b: _Live) -> torch.Tensor:
+        """One pass of batch ``b``; returns what it reads: each row's last ``len(draft) + 1`` positions, in order."""
+        keep = max(len(d) for d in b.drafts) + 1
+        b.state, out = extend(self.model, b.state, b.feeds, pad_id=self.pad_id, keep=keep, hidden=self.split_head)
+        return torch.cat([out[n, keep - len(d) - 1 :] for n, d in enumerate(b.drafts)])
+
+    def _scores(self, reads: torch.Tensor, live: list[_Live]) -> tuple[torch.Tensor, list[int]]:
+        """Next-token scores of every read position and their argmax.
 
         Without a logits processor these are the logits themselves. With one, every position a row may read this
         step is scored in one batched call, with the ids ``generate`` would pass there (input + generated + the
         draft so far; shorter rows padded on the left, as ``generate`` pads).
         """
+        logits = self.model.get_output_embeddings()(reads) if self.split_head else reads
         if self.logits_processor is None:
-            flat = logits.flatten(0, 1)
-            keep = logits.shape[1]
-            return flat, flat.argmax(-1).tolist(), lambda n, j: n * keep + offsets[n] + j
-        pairs = [(n, j) for n, d in enumerate(drafts) for j in range(len(d) + 1)]
-        starts = [0]
-        for d in drafts:
-            starts.append(starts[-1] + len(d) + 1)
-        index = torch.tensor([[n, offsets[n] + j] for n, j in pairs], device=logits.device)
-        picked = logits[index[:, 0], index[:, 1]].float()
+            return logits, logits.argmax(-1).tolist()
         keep = self.processor_context
         contexts = [
-            (rows[n].context[-keep:] if keep else rows[n].context) + rows[n].generated + drafts[n][:j]
-            for n, j in pairs
+            (b.rows[i].context[-keep:] if keep else b.rows[i].context) + b.rows[i].generated + b.drafts[n][:j]
+            for b in live
+            for n, i in enumerate(b.active)
+            for j in range(len(b.drafts[n]) + 1)
         ]
         ids, _ = left_pad(contexts, self.pad_id, logits.device)
-        picked = self.logits_processor(ids, picked)
-        return picked, picked.argmax(-1).tolist(), lambda n, j: starts[n] + j
+        picked = self.logits_processor(ids, logits.float())
+        return picked, picked.argmax(-1).tolist()
 
     def _stops(self, row: RowState, t: int, label_stop: bool) -> bool:
         """Whether ``row`` ends after its new token ``t``; ``label_stop``: ``t`` is the label's place (safety_only)."""
