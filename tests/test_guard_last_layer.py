@@ -70,3 +70,22 @@ def test_a_row_shorter_than_keep_gets_its_own_tokens_at_the_end(model):
     _, logits = extend(model, None, chunks, pad_id=0, keep=3)
     assert logits.shape[:2] == (2, 3)
     torch.testing.assert_close(logits[1, -2:], plain(model, chunks[1], 2), atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_transformers_own_masks_reach_the_shortened_layer(model):
+    """A stock forward pass (transformers builds the 4-D mask: boolean for SDPA, additive for eager) inside the block."""
+    chunks = rows(random.Random(11), [9, 4, 7])
+    width = max(map(len, chunks))
+    ids = torch.tensor([[0] * (width - len(c)) + c for c in chunks])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(c) for c in chunks])[:, None]).long()
+    full = model(ids, attention_mask=mask).logits[:, -3:]
+    index = torch.arange(width - 3, width).expand(len(chunks), 3)
+    shapes = []
+    hook = model.model.layers[-1].register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+    with last_layer.last_positions(model, index):
+        kept = model(ids, attention_mask=mask, logits_to_keep=3).logits
+    hook.remove()
+    assert shapes == [(3, 3, model.config.hidden_size)]
+    torch.testing.assert_close(kept, full, atol=1e-4, rtol=1e-4)
+    assert model.model.layers[-1].forward.__func__ is type(model.model.layers[-1]).forward  # restored after the block

@@ -9,6 +9,10 @@ What a batch of guard inputs costs here, and why the result is still that of pla
 * Length buckets: rows are sorted by what is left to compute and cut into batches by rows and padded tokens.
   On the CPU, attention skips the causal half of each row's new tokens and copies no key/value heads
   (`rewards.guards.slot_attention`).
+* The last decoder layer runs in full only at the positions whose scores are read; elsewhere it computes just the
+  keys and values later passes attend to (`rewards.guards.last_layer`).
+* Batches decoded side by side (a "wave", bounded by ``max_wave_tokens``) share one LM-head call per pass, and
+  the head runs only at the positions rows read.
 * Verdict decoding (`rewards.guards.verdict_decode`): ``Safety:`` is read with the input, the format's fixed
   tokens are proposed and checked in the same passes, rows stop when their verdict lines are complete (or at the
   end of the turn) and leave the batch. Token for token greedy decoding's output.

@@ -106,6 +106,7 @@ def _tail_forward(
         return hidden_states[:, :0]
     xq = _columns(x, index)
     query = attn.q_norm(attn.q_proj(xq).view(rows, keep, -1, attn.head_dim)).transpose(1, 2)
+    cos, sin = cos.expand(rows, -1, -1), sin.expand(rows, -1, -1)  # one row for all without position ids
     query = _rotate(query, _columns(cos, index), _columns(sin, index))
     if isinstance(attention_mask, RowsLayout):
         bias = attention_mask.query_bias(index, width, query.dtype)
