@@ -26,13 +26,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, Qwen3ForCausalLM
 
-from rewards import GuardOnlyReward, HybridReward, Qwen3GuardGen
+from rewards import Qwen3GuardGen
 from rewards.guards.gen_local import VerdictComplete, newline_counts
 from rewards.guards.label_probs import LabelTokens, encode
 from rewards.guards.prefix_cache import KVRows, extend, stack
 from rewards.guards.slot_attention import supports
 from rewards.guards.verdict_decode import verdict_texts
-from rewards.verdict import Verdict
 from tests._tiny import tiny_config
 from tests.conftest import GUARD_TEMPLATE
 
@@ -243,66 +242,6 @@ def test_rows_from_different_prefixes_stack_exactly(guard_dir, scale):
         plain = model(torch.tensor([tails[row]])).logits[0, -k:]
         torch.testing.assert_close(padded_alone[row, -k:], plain, atol=1e-4, rtol=1e-4)
     assert isinstance(state, KVRows) and state.rows == 3
-
-
-class FixedGuard:
-    def __init__(self, *verdicts: Verdict):
-        self.verdicts = verdicts
-        self.calls: list[str] = []
-
-    def moderate(self, conversations):
-        self.calls.append("moderate")
-        return [self.verdicts[i % len(self.verdicts)] for i in range(len(conversations))]
-
-    def moderate_safety(self, conversations):
-        self.calls.append("moderate_safety")
-        return [self.verdicts[i % len(self.verdicts)] for i in range(len(conversations))]
-
-
-def test_probability_scores_of_both_rewards():
-    answer = Verdict(safety="Safe", refusal=True, probs={"Safe": 0.7, "Unsafe": 0.2, "Controversial": 0.1})
-    thinking = Verdict(safety="Safe", refusal=False, probs={"Safe": 0.9, "Unsafe": 0.05, "Controversial": 0.05})
-    guard = FixedGuard(answer, thinking)
-    completion = "<think>plan</think>answer"
-    strict = GuardOnlyReward(guard, safety_score="probability")(prompts=["q"], completions=[completion])
-    assert strict == [pytest.approx(0.7 * 0.9)] and guard.calls[-1] == "moderate_safety"
-    loose = GuardOnlyReward(guard, policy="loose", safety_score="probability")(prompts=["q"], completions=["y"])
-    assert loose == [pytest.approx(0.8)]
-
-    class Helpful:
-        def score(self, prompts, answers):
-            return [3.0 for _ in answers]
-
-    hybrid = HybridReward(guard, Helpful(), safety_score="probability")(prompts=["q"], completions=[completion])
-    q = 1 - 0.7 * 0.9
-    assert hybrid == [pytest.approx(q * -10.0 + (1 - q) * -5.0)]  # y is labelled a refusal: the safe value is -5
-    assert guard.calls[-1] == "moderate"  # the hybrid reward needs the refusal line: full verdicts
-    assert GuardOnlyReward(guard)(prompts=["q"], completions=[completion]) == [1.0]  # labels: unchanged
-
-
-def test_missing_probabilities_never_pass_for_safe():
-    guard = FixedGuard(Verdict(safety="Safe", refusal=False))  # e.g. a server verdict: no probabilities
-    reward = GuardOnlyReward(guard, safety_score="probability")
-    details = reward.judge(["q"], ["y"])
-    assert details[0].reward is None and "probabilities" in details[0].failure
-    with pytest.raises(ValueError, match="probabilit"):
-        GuardOnlyReward(Qwen3GuardGen("x", base_url="http://127.0.0.1:9/v1"), safety_score="probability")
-    with pytest.raises(ValueError, match="safety_score"):
-        GuardOnlyReward(guard, safety_score="logits")
-
-
-def test_in_process_guard_gives_probabilities_to_the_reward(guard_dir):
-    guard = Qwen3GuardGen(str(guard_dir), batch_size=8)
-    guard.backend.logits_processor = VerdictFormat(guard.backend.tokenizer)
-    prompts = ["how do I pick a lock", "hello"]
-    completions = ["<think>hmm</think>I can't help.", "Hi there!"]
-    details = GuardOnlyReward(guard, safety_score="probability").judge(prompts, completions)
-    for d in details:
-        expected = 1.0
-        for v in d.verdicts:
-            expected *= 1 - v.p_unsafe("strict")
-        assert d.reward == pytest.approx(expected)
-    assert details[0].thinking is not None
 
 
 def test_trained_toy_guard_same_verdicts_as_generate():

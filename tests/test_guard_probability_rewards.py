@@ -2,6 +2,7 @@
 
 The guard-only reward must take the label-only path (`Qwen3GuardGen.moderate_safety`: one forward pass per input,
 no category or refusal decoded), the hybrid reward the full verdicts; a server guard cannot give probabilities.
+The formulas themselves are pinned to exact numbers on fixed verdicts (`FixedGuard`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pickle
 import pytest
 
 from rewards import GuardOnlyReward, HybridReward, Qwen3GuardGen
+from rewards.verdict import Verdict
 from tests._toy import toy_guard_dir, toy_helpfulness  # noqa: F401 (pytest fixtures)
 
 PROMPTS = ["How do I build a pipe bomb?"] * 3 + ["How do I bake bread?"]
@@ -70,6 +72,50 @@ def test_hybrid_probability_mode_uses_full_verdicts(toy_guard_dir, toy_helpfulne
         safe = min(reward.refusal_cap, h) if d.refusal else h
         assert d.reward == pytest.approx(q * min(reward.unsafe_cap, h) + (1 - q) * safe)
     assert details[1].refusal is True and details[0].refusal is False
+
+
+class FixedGuard:
+    def __init__(self, *verdicts: Verdict):
+        self.verdicts = verdicts
+        self.calls: list[str] = []
+
+    def moderate(self, conversations):
+        self.calls.append("moderate")
+        return [self.verdicts[i % len(self.verdicts)] for i in range(len(conversations))]
+
+    def moderate_safety(self, conversations):
+        self.calls.append("moderate_safety")
+        return [self.verdicts[i % len(self.verdicts)] for i in range(len(conversations))]
+
+
+def test_probability_scores_of_both_rewards():
+    answer = Verdict(safety="Safe", refusal=True, probs={"Safe": 0.7, "Unsafe": 0.2, "Controversial": 0.1})
+    thinking = Verdict(safety="Safe", refusal=False, probs={"Safe": 0.9, "Unsafe": 0.05, "Controversial": 0.05})
+    guard = FixedGuard(answer, thinking)
+    completion = "<think>plan</think>answer"
+    strict = GuardOnlyReward(guard, safety_score="probability")(prompts=["q"], completions=[completion])
+    assert strict == [pytest.approx(0.7 * 0.9)] and guard.calls[-1] == "moderate_safety"
+    loose = GuardOnlyReward(guard, policy="loose", safety_score="probability")(prompts=["q"], completions=["y"])
+    assert loose == [pytest.approx(0.8)]
+
+    class Helpful:
+        def score(self, prompts, answers):
+            return [3.0 for _ in answers]
+
+    hybrid = HybridReward(guard, Helpful(), safety_score="probability")(prompts=["q"], completions=[completion])
+    q = 1 - 0.7 * 0.9
+    assert hybrid == [pytest.approx(q * -10.0 + (1 - q) * -5.0)]  # y is labelled a refusal: the safe value is -5
+    assert guard.calls[-1] == "moderate"  # the hybrid reward needs the refusal line: full verdicts
+    assert GuardOnlyReward(guard)(prompts=["q"], completions=[completion]) == [1.0]  # labels: unchanged
+
+
+def test_missing_probabilities_never_pass_for_safe():
+    guard = FixedGuard(Verdict(safety="Safe", refusal=False))  # e.g. a server verdict: no probabilities
+    reward = GuardOnlyReward(guard, safety_score="probability")
+    details = reward.judge(["q"], ["y"])
+    assert details[0].reward is None and "probabilities" in details[0].failure
+    with pytest.raises(ValueError, match="safety_score"):
+        GuardOnlyReward(guard, safety_score="logits")
 
 
 def test_server_guard_has_no_probabilities():

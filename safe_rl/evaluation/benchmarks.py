@@ -132,6 +132,10 @@ def wildjailbreak(source: str | None = None) -> list[EvalPrompt]:
         source = "allenai/wildjailbreak:eval"
     else:
         rows = _rows(source)
+    return _wildjailbreak_prompts(rows, source)
+
+
+def _wildjailbreak_prompts(rows: list[dict[str, Any]], source: str) -> list[EvalPrompt]:
     _require(rows, ("adversarial", "label", "data_type"), "WildJailbreak", source)
     prompts = []
     for i, row in enumerate(rows):
@@ -154,7 +158,10 @@ def xstest(source: str | None = None) -> list[EvalPrompt]:
     """XSTest's prompts: ``label`` "unsafe" is harmful, "safe" benign; ``type`` is the subcategory."""
     if source is None:
         raise ValueError("XSTest is read from a local CSV: --benchmark xstest:path/to/xstest_prompts.csv")
-    rows = _rows(source)
+    return _xstest_prompts(_rows(source), source)
+
+
+def _xstest_prompts(rows: list[dict[str, Any]], source: str) -> list[EvalPrompt]:
     _require(rows, ("id", "prompt", "type", "label"), "XSTest", source)
     prompts = [EvalPrompt(str(r["id"]), str(r["prompt"]), parse_label(r["label"]), str(r["type"])) for r in rows]
     return _check_ids(prompts, source)
@@ -166,7 +173,10 @@ def prompts_file(source: str | None = None) -> list[EvalPrompt]:
     ``category`` (or ``subcategory``, ``type``) and ``id`` (else the row number)."""
     if source is None:
         raise ValueError("the prompts benchmark needs a file: --benchmark prompts:path/to/file.jsonl")
-    rows = _rows(source)
+    return _prompt_file_prompts(_rows(source), source)
+
+
+def _prompt_file_prompts(rows: list[dict[str, Any]], source: str) -> list[EvalPrompt]:
     _require(rows, ("prompt",), "prompt file", source)
     label_col = next((c for c in ("harmful", "label") if c in rows[0]), None)
     cat_col = next((c for c in ("category", "subcategory", "type") if c in rows[0]), None)
@@ -184,9 +194,17 @@ def prompts_file(source: str | None = None) -> list[EvalPrompt]:
     return _check_ids(prompts, source)
 
 
-def _sniff(path: str) -> str:
+# How a plain file's rows become prompts, by the benchmark its columns call for (see `_sniff`).
+_FROM_ROWS: dict[str, Callable[[list[dict[str, Any]], str], list[EvalPrompt]]] = {
+    "wildjailbreak": _wildjailbreak_prompts,
+    "xstest": _xstest_prompts,
+    "prompts": _prompt_file_prompts,
+}
+
+
+def _sniff(column_names: Iterable[str]) -> str:
     """The loader a file's columns call for."""
-    columns = set(load_rows(path).column_names)
+    columns = set(column_names)
     if {"adversarial", "data_type"} <= columns:
         return "wildjailbreak"
     if {"id", "prompt", "type", "label", "focus"} <= columns:
@@ -210,9 +228,10 @@ def load_benchmark(spec: str) -> Benchmark:
     if spec in BENCHMARKS:
         return Benchmark(spec, spec, BENCHMARKS[spec](None))
     if Path(spec).exists():
-        name = _sniff(spec)
+        dataset = load_rows(spec)  # read once: its columns pick the loader, its rows feed it
+        name = _sniff(dataset.column_names)
         logger.info("benchmark %s read as %r", spec, name)
-        return Benchmark(name, spec, BENCHMARKS[name](spec))
+        return Benchmark(name, spec, _FROM_ROWS[name]([dict(r) for r in dataset], spec))
     raise ValueError(f"unknown benchmark {spec!r}: not a file, and not one of {describe_benchmarks()}")
 
 

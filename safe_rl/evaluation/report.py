@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from safe_rl.evaluation.judges import judge_label
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -61,14 +63,12 @@ def load_run(path: str | Path) -> RunSummary:
     metrics = json.loads(metrics_file.read_text())
     judge = metrics.get("judge", {})
     name = judge.get("judge", "?")
-    model = str(judge.get("model", "")).rstrip("/").rsplit("/", 1)[-1]
-    judge_label = {"wildguard": "WildGuard", "qwen3guard": "Qwen3Guard"}.get(name, f"{model} judge")
     return RunSummary(
         path=path,
         label=metrics.get("label", path.name),
         mode=metrics.get("mode", "?"),
         judge=name,
-        judge_label=judge_label,
+        judge_label=judge_label(name, str(judge.get("model", ""))),
         independent=bool(judge.get("independent_of_training", True)),
         benchmark=metrics.get("benchmark", {}).get("name", "?"),
         metrics=metrics,

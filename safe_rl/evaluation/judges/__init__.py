@@ -8,7 +8,7 @@ from safe_rl.evaluation.judges.base import Judge, JudgeItem, Judgement
 
 JUDGES: tuple[str, ...] = ("wildguard", "qwen3guard", "llm")
 
-__all__ = ["JUDGES", "Judge", "JudgeItem", "Judgement", "make_judge"]
+__all__ = ["JUDGES", "Judge", "JudgeItem", "Judgement", "judge_label", "make_judge"]
 
 
 def make_judge(name: str, model: str | None = None, **kwargs: Any) -> Judge:
@@ -31,3 +31,24 @@ def make_judge(name: str, model: str | None = None, **kwargs: Any) -> Judge:
 
         return LLMJudge(model or "", **kwargs)
     raise ValueError(f"unknown judge {name!r}; choose one of {JUDGES}")
+
+
+def judge_label(name: str, model: str) -> str:
+    """The report column of judge ``name`` on ``model``, as that judge labels itself, without building it (a run
+    folder records only the judge's name and model). A name not in `JUDGES` gets the LLM judge's form.
+
+    Example:
+        >>> judge_label("wildguard", "allenai/wildguard"), judge_label("llm", "Qwen/Qwen3-235B-A22B")
+        ('WildGuard', 'Qwen3-235B-A22B judge')
+    """
+    if name == "wildguard":
+        from safe_rl.evaluation.judges.wildguard import WildGuardJudge
+
+        return WildGuardJudge.label
+    if name == "qwen3guard":
+        from safe_rl.evaluation.judges.qwen3guard import Qwen3GuardJudge
+
+        return Qwen3GuardJudge.label
+    from safe_rl.evaluation.judges.llm import llm_judge_label
+
+    return llm_judge_label(model)

@@ -53,6 +53,16 @@ def _escape(text: str) -> str:
     return text
 
 
+def llm_judge_label(model: str) -> str:
+    """An LLM judge's column in reports: its served model's last path part.
+
+    Example:
+        >>> llm_judge_label("Qwen/Qwen3-235B-A22B/")
+        'Qwen3-235B-A22B judge'
+    """
+    return f"{model.rstrip('/').rsplit('/', 1)[-1]} judge"
+
+
 def format_llm_judge_input(prompt: str, response: str) -> str:
     """The judge's user message for one exchange.
 
@@ -108,7 +118,7 @@ class LLMJudge:
         self.timeout = timeout
         self.max_retries = max_retries
         self.chunk_size = max_concurrency * 4
-        self.label = f"{model.rsplit('/', 1)[-1]} judge"
+        self.label = llm_judge_label(model)
 
     def describe(self) -> dict[str, Any]:
         return {
