@@ -115,5 +115,12 @@ def response_conversation(prompt: str | Sequence[Mapping[str, Any]], answer: str
 
 
 def is_response_moderation(conversation: Sequence[Mapping[str, Any]]) -> bool:
-    """True when the conversation ends with an assistant turn (the guard judges the answer)."""
+    """True when the conversation ends with an assistant turn (the guard judges the answer).
+
+    Example:
+        >>> is_response_moderation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
+        True
+        >>> is_response_moderation([{"role": "user", "content": "Hi"}])
+        False
+    """
     return bool(conversation) and conversation[-1].get("role") == "assistant"

@@ -18,7 +18,15 @@ logger = logging.getLogger(__name__)
 
 @runtime_checkable
 class HelpfulnessScorer(Protocol):
-    """Anything with ``score(prompts, answers) -> list[float | None]`` (None = could not score)."""
+    """Anything with ``score(prompts, answers) -> list[float | None]`` (None = could not score).
+
+    Example:
+        >>> class AnswerLength:
+        ...     def score(self, prompts, answers):
+        ...         return [float(len(a)) for a in answers]
+        >>> isinstance(AnswerLength(), HelpfulnessScorer), AnswerLength().score(["Hi"], ["Hello!"])
+        (True, [6.0])
+    """
 
     def score(self, prompts: Sequence[Any], answers: Sequence[str]) -> list[float | None]: ...
 

@@ -29,14 +29,29 @@ def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 def get_reward(name: str, **kwargs: Any) -> Any:
-    """Build the reward registered as ``name`` with ``kwargs``."""
+    """Build the reward registered as ``name`` with ``kwargs``.
+
+    Example:
+        >>> from rewards.verdict import Verdict
+        >>> class FixedGuard:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Unsafe") for _ in conversations]
+        >>> reward = get_reward("guard_only", guard=FixedGuard())
+        >>> reward.__name__, reward(prompts=["Hi"], completions=["..."])
+        ('guard_only_reward', [0.0])
+    """
     if name not in _BUILDERS:
         raise KeyError(f"unknown reward {name!r}; registered: {sorted(_BUILDERS)}")
     return _BUILDERS[name](**kwargs)
 
 
 def registered() -> list[str]:
-    """Names of the registered rewards."""
+    """Names of the registered rewards.
+
+    Example:
+        >>> {"guard_only", "hybrid"} <= set(registered())
+        True
+    """
     return sorted(_BUILDERS)
 
 
@@ -63,7 +78,16 @@ def build_guard_only(
     **guard_args: Any,
 ) -> Any:
     """`GuardOnlyReward` from a guard object or guard arguments (``guard_model``, ``guard_base_url``, …);
-    ``safety_score`` is "label" (paper) or "probability" (in-process guard only)."""
+    ``safety_score`` is "label" (paper) or "probability" (in-process guard only).
+
+    Example:
+        >>> from rewards.verdict import Verdict
+        >>> class FixedGuard:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Controversial") for _ in conversations]
+        >>> build_guard_only(guard=FixedGuard(), policy="loose")(prompts=["Hi"], completions=["..."])
+        [1.0]
+    """
     from rewards.safety_rewards import GuardOnlyReward
 
     return GuardOnlyReward(
@@ -88,7 +112,20 @@ def build_hybrid(
     guard: Any = None,
     **guard_args: Any,
 ) -> Any:
-    """`HybridReward` from objects or model names (guard arguments and ``safety_score`` as for ``guard_only``)."""
+    """`HybridReward` from objects or model names (guard arguments and ``safety_score`` as for ``guard_only``).
+
+    Example:
+        >>> from rewards.verdict import Verdict
+        >>> class FixedGuard:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Unsafe") for _ in conversations]
+        >>> class Helpful:
+        ...     def score(self, prompts, answers):
+        ...         return [2.0 for _ in answers]
+        >>> reward = build_hybrid(guard=FixedGuard(), helpfulness=Helpful(), unsafe_cap=-8.0)
+        >>> reward(prompts=["Hi"], completions=["..."])
+        [-8.0]
+    """
     from rewards.helpfulness import HelpfulnessRM
     from rewards.safety_rewards import HybridReward
 

@@ -32,7 +32,17 @@ SAFETY_SCORES: tuple[str, ...] = ("label", "probability")
 
 @dataclass(frozen=True)
 class RewardDetail:
-    """Why a sample got its reward: the verdicts, the outcome they imply, and H for the hybrid reward."""
+    """Why a sample got its reward: the verdicts, the outcome they imply, and H for the hybrid reward.
+
+    Example:
+        >>> from rewards.verdict import Verdict
+        >>> class ThinkingFlagged:  # flags the thinking, passes the answer
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Unsafe" if c[-1]["content"] == "plan" else "Safe") for c in conversations]
+        >>> detail = GuardOnlyReward(ThinkingFlagged()).judge(["Hi"], ["<think>plan</think>Hello!"])[0]
+        >>> detail.reward, detail.unsafe, detail.answer.safety, detail.thinking.safety
+        (0.0, True, 'Safe', 'Unsafe')
+    """
 
     reward: float | None
     unsafe: bool | None = None
@@ -234,7 +244,18 @@ class SafetyReward:
 
 
 class AsyncSafetyReward:
-    """Async view of a `SafetyReward` (use with a remote guard): ``await reward(prompts=..., completions=...)``."""
+    """Async view of a `SafetyReward` (use with a remote guard): ``await reward(prompts=..., completions=...)``.
+
+    Example:
+        >>> import asyncio
+        >>> from rewards.verdict import Verdict
+        >>> class SafeGuard:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Safe") for _ in conversations]
+        >>> reward = GuardOnlyReward(SafeGuard()).as_async()
+        >>> reward.__name__, asyncio.run(reward(prompts=["Hi"], completions=["Hello!"]))
+        ('guard_only_reward', [1.0])
+    """
 
     def __init__(self, reward: SafetyReward):
         self.reward = reward

@@ -63,7 +63,15 @@ def step_metrics(details: Sequence[RewardDetail]) -> dict[str, float]:
 
 
 def log_step_metrics(details: Sequence[RewardDetail], log_metric: Callable[[str, float], None] | None) -> None:
-    """Send `step_metrics` to TRL's ``log_metric`` (no-op when the trainer passes none); NaN rates are skipped."""
+    """Send `step_metrics` to TRL's ``log_metric`` (no-op when the trainer passes none); NaN rates are skipped.
+
+    Example:
+        >>> from rewards.safety_rewards import RewardDetail
+        >>> logged = {}
+        >>> log_step_metrics([RewardDetail(reward=1.0, unsafe=False, refusal=False)], logged.__setitem__)
+        >>> logged["guard/safety_rate"], "guard/parse_failure_rate" in logged  # no verdicts: a NaN rate, not logged
+        (1.0, False)
+    """
     if log_metric is None:
         return
     for name, value in step_metrics(details).items():

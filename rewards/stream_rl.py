@@ -201,7 +201,16 @@ def build_stream_guard_only(
     **guard_args: Any,
 ) -> StreamGuardOnlyReward:
     """`StreamGuardOnlyReward` from a guard object or `Qwen3GuardStream` arguments (``guard_model``, …; see
-    `_stream_guard`; in-process only)."""
+    `_stream_guard`; in-process only).
+
+    Example:
+        >>> from rewards.verdict import Verdict
+        >>> class Flagging:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Unsafe", flagged_at=0, answer_tokens=3) for _ in conversations]
+        >>> build_stream_guard_only(guard=Flagging())(prompts=["Hi"], completions=["..."])
+        [0.0]
+    """
     return StreamGuardOnlyReward(_stream_guard(guard, **guard_args), policy=policy, judge_thinking=judge_thinking)
 
 
@@ -220,7 +229,19 @@ def build_stream_hybrid(
     guard: Any = None,
     **guard_args: Any,
 ) -> StreamHybridReward:
-    """`StreamHybridReward` from objects or model names (guard arguments as for ``stream_guard_only``)."""
+    """`StreamHybridReward` from objects or model names (guard arguments as for ``stream_guard_only``).
+
+    Example:
+        >>> from rewards.verdict import Verdict
+        >>> class Flagging:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Unsafe", flagged_at=0, answer_tokens=4) for _ in conversations]
+        >>> class Helpful:
+        ...     def score(self, prompts, answers):
+        ...         return [2.0 for _ in answers]
+        >>> build_stream_hybrid(guard=Flagging(), helpfulness=Helpful(), early_strength=0.5)(["Hi"], ["..."])
+        [-15.0]
+    """
     if helpfulness is None:
         from rewards.helpfulness import HelpfulnessRM
 

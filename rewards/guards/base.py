@@ -16,6 +16,13 @@ class Guard(Protocol):
 
     ``moderate`` is batched and returns one `Verdict` per conversation, in input order. A backend failure is a
     verdict with ``safety=None`` and an ``error``, never an exception mid-training and never "Safe".
+
+    Example:
+        >>> class AlwaysSafe:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Safe") for _ in conversations]
+        >>> isinstance(AlwaysSafe(), Guard), isinstance(object(), Guard)
+        (True, False)
     """
 
     def moderate(self, conversations: Sequence[Conversation]) -> list[Verdict]: ...
@@ -23,7 +30,18 @@ class Guard(Protocol):
 
 @runtime_checkable
 class AsyncGuard(Protocol):
-    """A guard that can also be awaited (remote backends); used by the async reward variants."""
+    """A guard that can also be awaited (remote backends); used by the async reward variants.
+
+    Example:
+        >>> import asyncio
+        >>> class AlwaysSafe:
+        ...     async def amoderate(self, conversations):
+        ...         return [Verdict(safety="Safe") for _ in conversations]
+        >>> isinstance(AlwaysSafe(), AsyncGuard)
+        True
+        >>> asyncio.run(AlwaysSafe().amoderate([[{"role": "user", "content": "hi"}]]))[0].safety
+        'Safe'
+    """
 
     async def amoderate(self, conversations: Sequence[Conversation]) -> list[Verdict]: ...
 
@@ -61,7 +79,18 @@ def dedupe(
 async def adedupe(
     conversations: Sequence[Conversation], judge: Callable[[list[Conversation]], Awaitable[list[Verdict]]]
 ) -> list[Verdict]:
-    """`dedupe` for an async ``judge``."""
+    """`dedupe` for an async ``judge``.
+
+    Example:
+        >>> import asyncio
+        >>> calls = []
+        >>> async def judge(batch):
+        ...     calls.append(len(batch))
+        ...     return [Verdict(safety="Safe") for _ in batch]
+        >>> conv = [{"role": "user", "content": "hi"}]
+        >>> len(asyncio.run(adedupe([conv, conv, conv], judge))), calls
+        (3, [1])
+    """
     unique, positions = _unique(conversations)
     return _spread(await judge(unique) if unique else [], unique, positions)
 

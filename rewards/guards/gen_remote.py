@@ -153,7 +153,6 @@ class RemoteGenBackend:
         self.base_url = self.http.base_url
         self.url = self.base_url + "/chat/completions"
         self.model = model
-        self.api_key = api_key
         self.tokenizer = tokenizer
         self.max_input_tokens = max_input_tokens
         self.max_new_tokens = max_new_tokens

@@ -23,6 +23,10 @@ SAFETY_PREFIX = "Safety:"
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of ``text`` as it stands: no special tokens added (a rendered chat template holds its own).
+
+    Returns a plain ``list[int]``, whatever container the tokenizer returns its ``input_ids`` in.
+    """
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -68,7 +72,14 @@ class LabelTokens:
         return self.batch_probs(scores[None])[0]
 
     def batch_probs(self, scores: torch.Tensor) -> list[dict[str, float] | None]:
-        """`probs` for each row of ``[rows, vocab]`` scores (one device round trip); None where no label can come."""
+        """`probs` for each row of ``[rows, vocab]`` scores (one device round trip); None where no label can come.
+
+        Example:
+            >>> labels = LabelTokens(prefix=(7, 8), first=(0, 1, 2))  # ids of Safe, Unsafe, Controversial
+            >>> inf = float("inf")
+            >>> labels.batch_probs(torch.tensor([[0.0, -inf, -inf, 5.0], [-inf, -inf, -inf, 5.0]]))
+            [{'Safe': 1.0, 'Unsafe': 0.0, 'Controversial': 0.0}, None]
+        """
         # Renormalised over the three labels, the full-vocabulary softmax is the softmax of the three scores.
         picked = scores[:, list(self.first)].float()
         possible = (picked.amax(dim=-1) > -float("inf")).tolist()

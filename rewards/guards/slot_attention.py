@@ -20,7 +20,7 @@ device, another architecture) goes to transformers' own SDPA function unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,12 @@ class RowsLayout:
 
 
 def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0 where ``mask`` is true, -inf elsewhere."""
+    """0 where ``mask`` is true, -inf elsewhere.
+
+    Example:
+        >>> additive(torch.tensor([True, False]), torch.float32)
+        tensor([0., -inf])
+    """
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
@@ -65,6 +70,11 @@ def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: tor
     """The layout of one pass: ``state_mask`` ``[rows, prefix]`` (or None), ``chunk_mask`` ``[rows, chunk]``.
 
     A chunk of at least `SPLIT_MIN` columns must be right-padded, a shorter one left-padded (`long_chunk`).
+
+    Example:
+        >>> lay = layout(torch.tensor([[1, 0]]), torch.tensor([[0, 1, 1]]), torch.float32)  # short: one masked call
+        >>> lay.full_bias.isfinite()[0, 0].int().tolist()  # chunk query x key (2 prefix slots, then the chunk)
+        [[1, 0, 0, 0, 0], [1, 0, 0, 1, 0], [1, 0, 0, 1, 1]]
     """
     rows, width = chunk_mask.shape
     prefix = 0 if state_mask is None else state_mask.shape[1]
@@ -83,7 +93,12 @@ def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: tor
 
 
 def long_chunk(width: int) -> bool:
-    """Whether a chunk this wide takes the split path (and is therefore padded on the right)."""
+    """Whether a chunk this wide takes the split path (and is therefore padded on the right).
+
+    Example:
+        >>> long_chunk(4), long_chunk(SPLIT_MIN)
+        (False, True)
+    """
     return width >= SPLIT_MIN
 
 
@@ -97,7 +112,19 @@ def rows_attention_forward(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """An attention function for transformers' ``AttentionInterface``; see the module docstring."""
+    """An attention function for transformers' ``AttentionInterface``; see the module docstring.
+
+    Example (a long chunk, split into prefix and causal parts, against one masked SDPA call):
+        >>> _ = torch.manual_seed(0)
+        >>> width = SPLIT_MIN
+        >>> lay = layout(torch.tensor([[1, 0]]), torch.tensor([[1] * (width - 2) + [0, 0]]), torch.float32)
+        >>> query, (key, value) = torch.randn(1, 4, width, 8), torch.randn(2, 1, 2, 2 + width, 8)  # 2 kv heads
+        >>> out, _ = rows_attention_forward(None, query, key, value, lay, scaling=8**-0.5)
+        >>> mask = lay.query_bias(torch.arange(width)[None], width, torch.float32)  # the same visibility, one mask
+        >>> ref = torch.nn.functional.scaled_dot_product_attention(query, key, value, mask, enable_gqa=True)
+        >>> torch.allclose(out[:, :-2], ref.transpose(1, 2)[:, :-2], atol=1e-5)  # the padding queries are unused
+        True
+    """
     if not isinstance(attention_mask, RowsLayout):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -124,7 +151,18 @@ AttentionMaskInterface.register(NAME, sdpa_mask)  # a stock call made meanwhile 
 
 
 def supports(model: Any) -> bool:
-    """Whether `rows_attention` applies: a Qwen3 model on the CPU, with SDPA and full attention in every layer."""
+    """Whether `rows_attention` applies: a Qwen3 model on the CPU, with SDPA and full attention in every layer.
+
+    Example:
+        >>> from transformers import Qwen3Config, Qwen3ForCausalLM
+        >>> config = Qwen3Config(
+        ...     vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...     num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        ... )
+        >>> model = Qwen3ForCausalLM(config)
+        >>> supports(model), supports(model.to(torch.float16))
+        (True, False)
+    """
     config = model.config
     return (
         model.device.type == "cpu"
@@ -136,12 +174,28 @@ def supports(model: Any) -> bool:
 
 
 @contextmanager
-def rows_attention(model: Any) -> Iterator[None]:
-    """Runs the model's attention through `rows_attention_forward` inside the block (then restores it)."""
-    config = model.config
+def attention_swapped(config: Any, name: str) -> Iterator[None]:
+    """Sets a model config's attention implementation to ``name`` inside the block (then restores the previous one).
+
+    ``name`` is a function registered with transformers' ``AttentionInterface`` (or a built-in one such as "sdpa").
+
+    Example:
+        >>> from transformers import Qwen3Config
+        >>> config = Qwen3Config(attn_implementation="sdpa")
+        >>> with attention_swapped(config, NAME):
+        ...     config._attn_implementation
+        'guard_rows_sdpa'
+        >>> config._attn_implementation
+        'sdpa'
+    """
     previous = config._attn_implementation
-    config._attn_implementation = NAME
+    config._attn_implementation = name
     try:
         yield
     finally:
         config._attn_implementation = previous
+
+
+def rows_attention(model: Any) -> AbstractContextManager[None]:
+    """Runs the model's attention through `rows_attention_forward` inside the block (then restores it)."""
+    return attention_swapped(model.config, NAME)

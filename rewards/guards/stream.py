@@ -155,7 +155,9 @@ class Qwen3GuardStream:
         )
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.guard_tokenizer(text, add_special_tokens=False)["input_ids"])
+        from rewards.guards.label_probs import encode  # imports torch, which `import rewards` must not
+
+        return encode(self.guard_tokenizer, text)
 
     @property
     def end_of_turn_id(self) -> int:

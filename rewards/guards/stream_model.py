@@ -107,7 +107,12 @@ class StreamLabels:
 
 
 def label_distribution(logits: torch.Tensor, names: tuple[str, ...]) -> dict[str, float]:
-    """Softmax of one token's logits as ``{label: probability}``."""
+    """Softmax of one token's logits as ``{label: probability}``.
+
+    Example:
+        >>> label_distribution(torch.tensor([0.0, 0.0, -float("inf")]), DEFAULT_RISK_LEVELS)
+        {'Safe': 0.5, 'Unsafe': 0.5, 'Controversial': 0.0}
+    """
     probs = torch.softmax(logits.float(), dim=-1).tolist()
     return {name: float(p) for name, p in zip(names, probs, strict=True)}
 
@@ -144,6 +149,17 @@ class Qwen3GuardStreamModel(nn.Module):
     Args:
         config: a `Qwen3Config` carrying ``guard_inner_size``, ``num_risk_level``, ``num_category``,
             ``num_query_risk_level`` and ``num_query_category``.
+
+    Example:
+        >>> from transformers import Qwen3Config
+        >>> config = Qwen3Config(
+        ...     vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...     num_attention_heads=2, num_key_value_heads=1, head_dim=16, guard_inner_size=16,
+        ...     num_risk_level=3, num_category=8, num_query_risk_level=3, num_query_category=9,
+        ... )
+        >>> logits = Qwen3GuardStreamModel(config)(torch.tensor([[1, 2, 3]]))
+        >>> tuple(logits.risk.shape), tuple(logits.query_category.shape)  # [batch, tokens, labels]
+        ((1, 3, 3), (1, 3, 9))
     """
 
     def __init__(self, config: Any):
@@ -233,7 +249,15 @@ def resolve_checkpoint(model: str | Path, revision: str | None = None) -> Path:
 
 
 def checkpoint_shards(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder (sharded or not)."""
+    """The safetensors files of a checkpoint folder (sharded or not).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     (Path(tmp) / "model.safetensors").touch()
+        ...     [path.name for path in checkpoint_shards(Path(tmp))]
+        ['model.safetensors']
+    """
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -345,7 +369,16 @@ def load_stream_model(
 
 
 def check_tensors(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], *, where: str) -> None:
-    """Raise `CheckpointMismatchError` listing missing, unexpected and mis-shaped tensors."""
+    """Raise `CheckpointMismatchError` listing missing, unexpected and mis-shaped tensors.
+
+    Example:
+        >>> check_tensors({"w": (2, 3)}, {"w": (2, 3), "lm_head.weight": (9, 2)}, where="ckpt")  # lm_head is ignored
+        >>> try:
+        ...     check_tensors({"w": (2, 3)}, {"w": (3, 2), "v": (1,)}, where="ckpt")
+        ... except CheckpointMismatchError as err:
+        ...     print(str(err).split("; ", 1)[1])
+        unexpected: ['v']; wrong shape: ['w: checkpoint (3, 2) vs model (2, 3)']
+    """
     found = {k: v for k, v in found.items() if k not in IGNORED_TENSORS}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

@@ -15,7 +15,14 @@ from rewards.verdict import Policy, Verdict, check_policy
 def read_query(
     labels: StreamLabels, risk: torch.Tensor, category: torch.Tensor, *, truncated: bool = False
 ) -> Verdict:
-    """The prompt verdict from the query heads' logits at the ``<|im_end|>`` closing the last user turn."""
+    """The prompt verdict from the query heads' logits at the ``<|im_end|>`` closing the last user turn.
+
+    Example:
+        >>> inf = float("inf")
+        >>> verdict = read_query(StreamLabels(), torch.tensor([-inf, 0.0, -inf]), torch.arange(9.0))
+        >>> verdict.safety, verdict.category, verdict.probs["Unsafe"]
+        ('Unsafe', 'Jailbreak', 1.0)
+    """
     return query_verdict(
         labels.query_risk[int(risk.argmax())],
         labels.query_category[int(category.argmax())],
@@ -25,7 +32,15 @@ def read_query(
 
 
 def push_answer(tracker: FlagTracker, labels: StreamLabels, risk: torch.Tensor, category: torch.Tensor) -> None:
-    """Push the labels of answer tokens, from the response heads' logits (``[tokens, labels]``), into ``tracker``."""
+    """Push the labels of answer tokens, from the response heads' logits (``[tokens, labels]``), into ``tracker``.
+
+    Example:
+        >>> tracker = FlagTracker()
+        >>> risk = torch.tensor([[9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [0.0, 9.0, 0.0]])  # Safe, then an Unsafe pair
+        >>> push_answer(tracker, StreamLabels(), risk, torch.zeros(3, 8))
+        >>> tracker.safety, tracker.flagged_at, tracker.verdict().category
+        ('Unsafe', 2, 'Violent')
+    """
     for logits, ri, ci in zip(risk, risk.argmax(-1).tolist(), category.argmax(-1).tolist(), strict=True):
         tracker.push(labels.risk[ri], labels.category[ci], label_distribution(logits, labels.risk))
 

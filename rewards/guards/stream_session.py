@@ -16,14 +16,14 @@ model's step: 0.6B shape on an H100, 35 ms per token in eager mode against 4.3-4
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
+from rewards.guards.slot_attention import attention_swapped
 from rewards.guards.stream_model import Qwen3GuardStreamModel, StreamLogits
 
 DECODE_ATTENTION = "qwen3guard_stream_decode"
@@ -46,6 +46,14 @@ def decode_attention(
     blocks (0.6B shape on an H100, 4096 cached tokens: 4.7 ms per token against 9.1 ms with SDPA's memory-efficient
     kernel). ``attention_mask`` is boolean, True where a key may be read. Same arithmetic as transformers' eager
     attention: scores in the model's dtype, softmax in float32.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> query, (key, value) = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 2, 5, 8)  # 4 query heads, 2 kv heads
+        >>> out, _ = decode_attention(None, query, key, value, None, scaling=8**-0.5)
+        >>> ref = torch.nn.functional.scaled_dot_product_attention(query, key, value, enable_gqa=True)
+        >>> tuple(out.shape), torch.allclose(out, ref.transpose(1, 2), atol=1e-6)
+        ((2, 1, 4, 8), True)
     """
     batch, heads, q_length, dim = query.shape
     if q_length != 1:
@@ -63,22 +71,19 @@ def decode_attention(
 AttentionInterface.register(DECODE_ATTENTION, decode_attention)
 
 
-@contextlib.contextmanager
-def _attention_implementation(config: Any, name: str) -> Iterator[None]:
-    previous = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
-
-
 class GrowingKVLayer(DynamicLayer):
     """A cache layer over preallocated buffers that double when full (amortised O(1) append, no re-concatenation).
 
     With ``write_at`` set (a one-element device tensor), `update` writes its single new token at that slot and
     returns the whole buffers (a static step, see `StreamSession`). Only `update` is used by `StreamSession`; the
     beam-search/cropping helpers of `DynamicLayer` are not supported.
+
+    Example:
+        >>> layer = GrowingKVLayer(capacity=2)
+        >>> keys, values = layer.update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))  # 3 tokens: doubled to 4
+        >>> keys, values = layer.update(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))  # fits: no reallocation
+        >>> tuple(keys.shape), layer.size, keys[0, 0, :, 0].tolist()
+        ((1, 2, 4, 4), 4, [1.0, 1.0, 1.0, 0.0])
     """
 
     def __init__(self, capacity: int = 256):
@@ -291,7 +296,7 @@ class StreamSession:
         for layer in self.layers:
             layer.write_at = static["write_at"]
         try:
-            with _attention_implementation(self.net.config, DECODE_ATTENTION):
+            with attention_swapped(self.net.config, DECODE_ATTENTION):
                 hidden = self.net.backbone(
                     static["ids"],
                     attention_mask=self._mask[:, None, None, :],  # 4D: used as is, over every slot of the buffers

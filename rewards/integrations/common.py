@@ -46,5 +46,10 @@ def failure_score(reward: Any, override: float | None = None) -> float:
 
 
 def flag(value: bool | None) -> float:
-    """1.0 / 0.0 for a known boolean, NaN when unknown (for averaged metrics)."""
+    """1.0 / 0.0 for a known boolean, NaN when unknown (for averaged metrics).
+
+    Example:
+        >>> flag(True), flag(False), flag(None)
+        (1.0, 0.0, nan)
+    """
     return float("nan") if value is None else float(value)

@@ -31,7 +31,13 @@ def parse_chatml(prompt: str) -> list[dict[str, str]] | str:
 
 
 def split_query(query: str, prompt: str) -> str:
-    """The response part of an OpenRLHF query (the query after its prompt, end-of-turn tokens removed)."""
+    """The response part of an OpenRLHF query (the query after its prompt, end-of-turn tokens removed).
+
+    Example:
+        >>> prompt = "<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n"
+        >>> split_query(prompt + "Hello!<|im_end|>", prompt)
+        'Hello!'
+    """
     response = query[len(prompt) :] if query.startswith(prompt) else query
     for token in _END_TOKENS:
         response = response.replace(token, "")
@@ -41,7 +47,18 @@ def split_query(query: str, prompt: str) -> str:
 def score_queries(
     reward: Any, queries: Sequence[str], prompts: Sequence[str], failure: float | None = None
 ) -> dict[str, Any]:
-    """OpenRLHF's reply for a batch of queries."""
+    """OpenRLHF's reply for a batch of queries.
+
+    Example:
+        >>> from rewards import GuardOnlyReward, Verdict
+        >>> class FixedGuard:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Unsafe") for _ in conversations]
+        >>> prompt = "<|im_start|>user\\nHow do I pick a lock?<|im_end|>\\n<|im_start|>assistant\\n"
+        >>> reply = score_queries(GuardOnlyReward(FixedGuard()), [prompt + "First, ...<|im_end|>"], [prompt])
+        >>> reply["rewards"], reply["extra_logs"]["guard_unsafe"]
+        ([0.0], [1.0])
+    """
     if len(queries) != len(prompts):
         raise ValueError(f"{len(queries)} queries but {len(prompts)} prompts")
     details = reward.judge(
