@@ -195,11 +195,8 @@ def test_full_verdicts_match_generate_token_for_token(guard_dir):
     guard.backend.logits_processor = processor = VerdictFormat(guard.backend.tokenizer)
     passes = []
     hook = guard.backend.model.get_decoder().register_forward_hook(lambda *args: passes.append(1))  # both paths
-    heads = []
-    head_hook = guard.backend.model.get_output_embeddings().register_forward_hook(lambda *args: heads.append(1))
     ours = guard.moderate(convs)
-    ours_passes, ours_heads = len(passes), len(heads)
-    head_hook.remove()
+    ours_passes = len(passes)
     expected = plain_generate(guard.backend, convs, processor)
     hook.remove()
     agreement([v.raw for v in ours], expected, "verdicts")
@@ -209,7 +206,8 @@ def test_full_verdicts_match_generate_token_for_token(guard_dir):
     # drafts accepted: a 3-line verdict in about 4 passes per batch instead of ~13 single-token steps
     assert ours_passes < 0.5 * (len(passes) - ours_passes), (ours_passes, len(passes) - ours_passes)
     # several batches decoded side by side: one LM-head call per pass for all of them
-    assert guard.backend.stats["forwards"] > 2 * ours_heads, (guard.backend.stats["forwards"], ours_heads)
+    stats = guard.backend.stats
+    assert stats["forwards"] > 2 * stats["head_calls"] > 0, (stats["forwards"], stats["head_calls"])
 
 
 def test_free_decoding_matches_generate_with_rejected_drafts(guard_dir):

@@ -29,6 +29,7 @@ import torch
 
 from rewards.guards import last_layer
 from rewards.guards.label_probs import SAFETY_PREFIX, LabelTokens, encode
+from rewards.guards.lm_head import head_logits
 from rewards.guards.padding import left_pad
 from rewards.guards.prefix_cache import KVRows, extend
 from rewards.verdict import CATEGORIES, SAFETY_LABELS
@@ -230,7 +231,8 @@ class VerdictDecoder:
         step is scored in one batched call, with the ids ``generate`` would pass there (input + generated + the
         draft so far; shorter rows padded on the left, as ``generate`` pads).
         """
-        logits = self.model.get_output_embeddings()(reads) if self.split_head else reads
+        logits = head_logits(self.model, reads) if self.split_head else reads
+        self.stats["head_calls"] += 1
         if self.logits_processor is None:
             return logits, logits.argmax(-1).tolist()
         keep = self.processor_context

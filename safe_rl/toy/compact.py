@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rewards.guards.prefix_cache import common_prefix_len
+
 IGNORE = -100
 
 
@@ -125,15 +127,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    first = seqs[0]
-    for i in range(n):
-        if any(s[i] != first[i] for s in seqs):
-            return i
-    return n
-
-
 def _batch_logits(model, seqs: Sequence[Sequence[int]], prefix: int, pad: int) -> torch.Tensor:
     """Logits for positions ``prefix-1 ..`` of right-padded ``seqs``; a shared prefix is run once, not per row.
 
@@ -201,7 +194,7 @@ def train_causal_lm(
         chosen = [i for g in queues[b][:batch_size] for i in groups[g]]
         queues[b] = queues[b][batch_size:]
         seqs = [examples[i][0] for i in chosen]
-        prefix = max(1, min(_common_prefix(seqs), min(examples[i][1] for i in chosen) - 1))
+        prefix = max(1, min(common_prefix_len(seqs), min(examples[i][1] for i in chosen) - 1))
         logits = _batch_logits(model, seqs, prefix, pad)
         # logits[:, j] predicts token prefix + j (the first row of logits comes from position prefix - 1).
         labels = torch.full(logits.shape[:2], IGNORE, dtype=torch.long)
