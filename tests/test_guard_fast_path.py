@@ -20,6 +20,7 @@ that. The tests allow 1% of such flips and print any they see; none occurred whe
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -204,9 +205,11 @@ def test_full_verdicts_match_generate_token_for_token(guard_dir):
     assert len({v.safety for v in ours}) >= 2 and len({v.refusal for v in ours if v.refusal is not None}) == 2
     assert all(v.probs and abs(sum(v.probs.values()) - 1) < 1e-6 for v in ours)
     # drafts accepted: a 3-line verdict in about 4 passes per batch instead of ~13 single-token steps
-    assert ours_passes < 0.5 * (len(passes) - ours_passes), (ours_passes, len(passes) - ours_passes)
-    # several batches decoded side by side: one LM-head call per pass for all of them
     stats = guard.backend.stats
+    ours_per_batch = stats["forwards"] / stats["batches"]
+    generate_per_batch = (len(passes) - ours_passes) / math.ceil(len(convs) / 16)
+    assert ours_per_batch <= 5 and ours_per_batch < 0.5 * generate_per_batch, (ours_per_batch, generate_per_batch)
+    # several batches decoded side by side: one LM-head call per pass for all of them
     assert stats["forwards"] > 2 * stats["head_calls"] > 0, (stats["forwards"], stats["head_calls"])
 
 

@@ -163,6 +163,7 @@ class VerdictDecoder:
         Each pass runs every batch's layers on its own state, then the positions all batches read go through the
         LM head in one call: with a 151k vocabulary the head's weights are read once per call, whatever the rows.
         """
+        self.stats["batches"] += len(batches)
         live = []
         for state, rows, rest in batches:
             drafts = [row.drafter.draft([]) for row in rows]
