@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safe_rl.data.wildjailbreak import load_wildjailbreak
 from safe_rl.io import load_rows
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def _check_ids(prompts: list[EvalPrompt], source: str) -> list[EvalPrompt]:
 def wildjailbreak(source: str | None = None) -> list[EvalPrompt]:
     """WildJailbreak's eval set from the hub (gated, automatic approval) or a local file with its columns."""
     if source is None or source == "allenai/wildjailbreak":
-        rows = _rows("allenai/wildjailbreak", config="eval", delimiter="\t", keep_default_na=False)
+        rows = [dict(r) for r in load_wildjailbreak(config="eval")]  # the hub's TSV, read as training reads it
         source = "allenai/wildjailbreak:eval"
     else:
         rows = _rows(source)
