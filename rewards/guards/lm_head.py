@@ -2,9 +2,9 @@
 
 ``hidden @ weight.T`` with a ``[151669, hidden]`` weight and a few hundred rows is a wide, shallow product; on the
 CPU, BLAS does it faster one block of 1,024 vocabulary rows at a time, writing into the full output (each block's
-weights and outputs stay in cache), than as one call: 1.3-1.5x alone, ~20% of the head's time inside the guard
-(scripts/bench_reward.py). The values are the same dot products (bit-identical here). Elsewhere (a GPU, a head that
-is not a plain bias-free linear layer, gradients) the model's own head runs.
+weights and outputs stay in cache), than as one call: 1.3-1.5x alone, ~20% less head time inside the guard (on the
+scripts/bench_reward.py inputs, interleaved). The values are the same dot products (bit-identical here). Elsewhere
+(a GPU, a head that is not a plain bias-free linear layer, gradients) the model's own head runs.
 """
 
 from __future__ import annotations

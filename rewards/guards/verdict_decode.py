@@ -153,12 +153,9 @@ class VerdictDecoder:
             context=context, needed_lines=RESPONSE_LINES if response else PROMPT_LINES, drafter=self.drafters[response]
         )
 
-    def run(self, state: KVRows | None, rows: list[RowState], rest: list[list[int]], *, safety_only: bool) -> None:
-        """Decode ``rows`` to the end; ``rest[i]`` (non-empty) is row i's input after what ``state`` holds."""
-        self.run_batches([(state, rows, rest)], safety_only=safety_only)
-
     def run_batches(self, batches: Sequence[Batch], *, safety_only: bool) -> None:
-        """Decode several ``(state, rows, rest)`` batches side by side, each as `run` would.
+        """Decode the rows of several ``(state, rows, rest)`` batches to the end, side by side; ``rest[i]``
+        (non-empty) is row i's input after what ``state`` holds.
 
         Each pass runs every batch's layers on its own state, then the positions all batches read go through the
         LM head in one call: with a 151k vocabulary the head's weights are read once per call, whatever the rows.
