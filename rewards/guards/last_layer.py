@@ -29,7 +29,14 @@ from rewards.guards.slot_attention import RowsLayout, flash_cpu
 
 
 def supports(model: Any) -> bool:
-    """Whether `last_positions` applies: a Qwen3 causal LM whose layers are all full attention."""
+    """Whether `last_positions` applies: a Qwen3 causal LM whose layers are all full attention.
+
+    Example:
+        >>> from transformers import Qwen3Config, Qwen3ForCausalLM
+        >>> supports(Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16)))
+        True
+    """
     config = model.config
     layers = getattr(getattr(model, "model", None), "layers", None)
     return (
@@ -46,6 +53,20 @@ def last_positions(model: Any, index: torch.Tensor) -> Iterator[None]:
 
     Pass ``logits_to_keep=index.shape[1]`` (or 0 for none) so that the LM head takes them all. Not re-entrant, and
     the model must not run in another thread meanwhile (the last layer's ``forward`` is swapped for the block).
+
+    Example:
+        >>> import torch
+        >>> from transformers import Qwen3Config, Qwen3ForCausalLM
+        >>> model = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+        ...     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
+        >>> ids, mask = torch.randint(1, 64, (2, 9)), torch.ones(2, 9, dtype=torch.long)
+        >>> mask[1, :4] = 0  # left padding in row 1
+        >>> with torch.no_grad():
+        ...     full = model(ids, attention_mask=mask).logits[:, -2:]
+        ...     with last_positions(model, torch.tensor([[7, 8], [7, 8]])):
+        ...         kept = model(ids, attention_mask=mask, logits_to_keep=2).logits
+        >>> kept.shape, torch.allclose(kept, full, atol=1e-5)
+        (torch.Size([2, 2, 64]), True)
     """
     layer = model.model.layers[-1]
     layer.forward = partial(_tail_forward, layer, index)
