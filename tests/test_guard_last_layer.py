@@ -1,9 +1,10 @@
 """The last decoder layer computed only at the columns whose logits are read (`rewards.guards.last_layer`).
 
 Each check compares `prefix_cache.extend` (which runs the last layer that way) with a plain forward pass of the
-same tiny Qwen3 model over each row alone, for both attention paths (the CPU slot attention with its
-right-padded long chunks, and transformers' own 4-D mask through eager attention), and follows up with passes on
-top of the returned state: the keys/values the shortened layer leaves in the cache must be every token's.
+same tiny Qwen3 model over each row alone, for both paths (SDPA on the CPU: our own forward pass,
+`rewards.guards.cpu_forward`, with right-padded long chunks; eager: transformers' forward with its own 4-D mask and
+`last_layer.last_positions`), and follows up with passes on top of the returned state: the keys/values the
+shortened layer leaves in the cache must be every token's.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from rewards.guards import last_layer
+from rewards.guards.cpu_forward import supports
 from rewards.guards.prefix_cache import extend
-from rewards.guards.slot_attention import supports
 from tests._tiny import tiny_config
 
 VOCAB = 512
@@ -28,7 +29,7 @@ def model(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("last-layer")
     Qwen3ForCausalLM(tiny_config(VOCAB, num_hidden_layers=3, initializer_range=0.2)).save_pretrained(path)
     loaded = Qwen3ForCausalLM.from_pretrained(path, attn_implementation=request.param).eval()
-    assert supports(loaded) == (request.param == "sdpa")  # eager: transformers' 4-D mask reaches the layer
+    assert supports(loaded) == (request.param == "sdpa")  # eager: transformers' forward, its 4-D mask
     assert last_layer.supports(loaded)
     return loaded
 
@@ -49,11 +50,12 @@ def test_kept_columns_and_cache_equal_a_plain_pass(model, lengths):
     prefix, chunks = rows(rng, [20])[0], rows(rng, lengths)
     base, none = extend(model, None, [prefix], pad_id=0, keep=0)
     assert none.shape[:2] == (1, 0)
-    shapes = []
-    hook = model.model.layers[-1].register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+    sizes = []
+    mlp = model.model.layers[-1].mlp.down_proj  # both paths call the layer's own modules
+    hook = mlp.register_forward_hook(lambda mod, args, out: sizes.append(out.numel()))
     state, logits = extend(model, base.select([0, 0, 0]), chunks, pad_id=0, keep=3)
     hook.remove()
-    assert shapes == [(3, 3, model.config.hidden_size)]  # the last layer produced the 3 kept columns only
+    assert sizes == [3 * 3 * model.config.hidden_size]  # the last layer's MLP ran at the 3 kept columns only
     for row, chunk in enumerate(chunks):
         torch.testing.assert_close(logits[row], plain(model, prefix + chunk, 3), atol=1e-4, rtol=1e-4)
     # a pass on top reads every key/value the shortened layer wrote, and a rejected draft's slots are masked

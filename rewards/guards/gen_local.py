@@ -7,8 +7,8 @@ What a batch of guard inputs costs here, and why the result is still that of pla
   and copied into each row. Inputs that also share their prompt (a GRPO group's answers and thinking blocks) share
   the prompt's keys/values too, computed once per call.
 * Length buckets: rows are sorted by what is left to compute and cut into batches by rows and padded tokens.
-  On the CPU, attention skips the causal half of each row's new tokens and copies no key/value heads
-  (`rewards.guards.slot_attention`).
+  On the CPU a Qwen3 guard runs our own forward pass (`rewards.guards.cpu_forward`): attention skips the causal
+  half of each row's new tokens, element-wise work is fused, and decoding passes of all batches run as one.
 * The last decoder layer runs in full only at the positions whose scores are read; elsewhere it computes just the
   keys and values later passes attend to (`rewards.guards.last_layer`).
 * Batches decoded side by side (a "wave", bounded by ``max_wave_tokens``) share one LM-head call per pass, and
@@ -43,7 +43,8 @@ from rewards.conversation import Conversation
 from rewards.devices import resolve_device, resolve_dtype
 from rewards.guard_prompt import GuardPrompt, PreparedInput
 from rewards.guards.base import conversation_key
-from rewards.guards.prefix_cache import KVRows, common_prefix_len, extend, length_batches, stack
+from rewards.guards.kv_rows import KVRows, stack
+from rewards.guards.prefix_cache import common_prefix_len, extend, length_batches
 from rewards.guards.verdict_decode import RowState, VerdictDecoder, complete_lines
 from rewards.verdict import Verdict, failed_verdict, parse_verdict
 
@@ -329,7 +330,9 @@ class LocalGenBackend:
             for wave in self._waves(batches, lengths):
                 t0 = time.perf_counter()
                 groups = [[part[b] for b in batch] for batch in wave]
-                states = [self._stack(group) for group in groups]
+                # room for the input and a verdict's passes: they write into it (no concatenation, see KVRows)
+                states = [self._stack(group, room=max(len(j.ids) - j.start for j in group) + 2 * self.max_new_tokens)
+                          for group in groups]  # fmt: skip
                 self._sync()
                 self.stats["stack_s"] += time.perf_counter() - t0
                 rows = [[self.decoder.new_row(j.ids, j.prepared.response) for j in group] for group in groups]
@@ -364,7 +367,7 @@ class LocalGenBackend:
         return waves
 
     @staticmethod
-    def _stack(group: list[_Job]) -> KVRows | None:
+    def _stack(group: list[_Job], room: int) -> KVRows | None:
         """The prefix state of a batch: its rows' sources side by side (None when the rows have no prefix)."""
         if group[0].source is None:
             return None
@@ -372,7 +375,7 @@ class LocalGenBackend:
         parts: dict[int, tuple[KVRows, list[int]]] = {}
         for j in group:
             parts.setdefault(id(j.source[0]), (j.source[0], []))[1].append(j.source[1])
-        return stack(list(parts.values()))
+        return stack(list(parts.values()), room=room)
 
     def _verdict(self, job: _Job, row: RowState) -> Verdict:
         if row.label is not None:  # stopped at the label (moderate_safety)

@@ -11,7 +11,8 @@ first pass; on the public 28- and 36-layer shapes about 3%.
 Each kept column is computed exactly as the full layer computes it (same modules, same rotary formula, the same
 attention over the same keys), so results equal the stock pass up to float summation order. Qwen3 layers only;
 an attention mask this module does not know (e.g. flash-attention's 2-D one) runs the stock layer and keeps the
-columns from its output.
+columns from its output. This is for transformers' own forward pass (a GPU, another dtype); on the CPU,
+`rewards.guards.cpu_forward` does the same inside its own pass.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from typing import Any
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.qwen3.modeling_qwen3 import rotate_half
-
-from rewards.guards.slot_attention import RowsLayout, flash_cpu
 
 
 def supports(model: Any) -> bool:
@@ -98,10 +97,7 @@ def _tail_forward(
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    known = isinstance(attention_mask, RowsLayout) or (
-        isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4
-    )
-    if not known:
+    if not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4):
         out = type(layer).forward(
             layer,
             hidden_states,
@@ -129,13 +125,8 @@ def _tail_forward(
     query = attn.q_norm(attn.q_proj(xq).view(rows, keep, -1, attn.head_dim)).transpose(1, 2)
     cos, sin = cos.expand(rows, -1, -1), sin.expand(rows, -1, -1)  # one row for all without position ids
     query = _rotate(query, _columns(cos, index), _columns(sin, index))
-    if isinstance(attention_mask, RowsLayout):
-        bias = attention_mask.query_bias(index, width, query.dtype)
-        out, _ = flash_cpu(query, key, value, 0.0, False, attn_mask=bias, scale=attn.scaling)
-        out = out.transpose(1, 2)
-    else:
-        full = attention_mask.expand(rows, *attention_mask.shape[1:])  # a mask may come with one row for all
-        mask = full.gather(2, index[:, None, :, None].expand(rows, full.shape[1], keep, full.shape[-1]))
-        out, _ = sdpa_attention_forward(attn, query, key, value, mask, dropout=0.0, scaling=attn.scaling)
+    full = attention_mask.expand(rows, *attention_mask.shape[1:])  # a mask may come with one row for all
+    mask = full.gather(2, index[:, None, :, None].expand(rows, full.shape[1], keep, full.shape[-1]))
+    out, _ = sdpa_attention_forward(attn, query, key, value, mask, dropout=0.0, scaling=attn.scaling)
     h = _columns(hidden_states, index) + attn.o_proj(out.reshape(rows, keep, -1))
     return h + layer.mlp(layer.post_attention_layernorm(h))

@@ -1,35 +1,26 @@
-"""CPU attention for `rewards.guards.prefix_cache` batches: causal work skipped, no key/value head copies.
+"""CPU attention for `KVRows` batches: causal work skipped, no key/value head copies.
 
-A batch that `prefix_cache.extend` runs has a known layout: every row holds a prefix of cached slots (any of them
-may be padding) and a left-padded chunk of new tokens. Stock transformers turns that into one boolean
+A batch that `rewards.guards.cpu_forward` runs has a known layout: every row holds a prefix of cached slots (any of
+them may be padding) and a chunk of new tokens. Stock transformers turns that into one boolean
 ``[rows, 1, chunk, slots]`` mask; torch's CPU flash kernel then computes every query against every key (a mask
 stops it from skipping the causal upper triangle) and, with a mask, transformers first copies the key/value heads
 up to the query heads (``repeat_kv``). Here, with the same kernel:
 
-* long chunks (the first pass over the inputs), which `prefix_cache.extend` pads on the right: the queries against
-  the prefix (mask, no causality), then the chunk against itself with ``is_causal`` (the kernel skips the blocks
-  above the diagonal; a top-left causal mask is each right-padded row's own), merged with the two log-sum-exps:
-  softmax over the union of the keys, rounding aside;
-* short chunks (decoding passes of a few tokens): one call with an additive mask;
+* long chunks (the first pass over the inputs), padded on the right: the queries against the prefix (mask, no
+  causality), then the chunk against itself with ``is_causal`` (the kernel skips the blocks above the diagonal; a
+  top-left causal mask is each right-padded row's own), merged with the two log-sum-exps: softmax over the union
+  of the keys, rounding aside;
+* short chunks (decoding passes of a few tokens), padded on the left: one call with an additive mask;
 * key/value heads passed as they are (the kernel handles grouped-query attention itself).
-
-`rows_attention` switches a model to this function for one forward pass; anything else (another mask, another
-device, another architecture) goes to transformers' own SDPA function unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-NAME = "guard_rows_sdpa"
 SPLIT_MIN = 64  # a chunk this long is split into prefix + per-row causal parts; shorter ones take one masked call
 flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -102,56 +93,43 @@ def long_chunk(width: int) -> bool:
     return width >= SPLIT_MIN
 
 
-def rows_attention_forward(
-    module: Any,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: Any,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """An attention function for transformers' ``AttentionInterface``; see the module docstring.
+def attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lay: RowsLayout, scaling: float
+) -> torch.Tensor:
+    """Attention of ``query`` ``[rows, heads, chunk, head_dim]`` over ``key``/``value`` ``[rows, kv_heads, slots,
+    head_dim]`` (prefix + chunk) in layout ``lay``: ``[rows, chunk, heads, head_dim]``, contiguous.
 
     Example (a long chunk, split into prefix and causal parts, against one masked SDPA call):
         >>> _ = torch.manual_seed(0)
         >>> width = SPLIT_MIN
         >>> lay = layout(torch.tensor([[1, 0]]), torch.tensor([[1] * (width - 2) + [0, 0]]), torch.float32)
         >>> query, (key, value) = torch.randn(1, 4, width, 8), torch.randn(2, 1, 2, 2 + width, 8)  # 2 kv heads
-        >>> out, _ = rows_attention_forward(None, query, key, value, lay, scaling=8**-0.5)
+        >>> out = attend(query, key, value, lay, scaling=8**-0.5)
         >>> mask = lay.query_bias(torch.arange(width)[None], width, torch.float32)  # the same visibility, one mask
         >>> ref = torch.nn.functional.scaled_dot_product_attention(query, key, value, mask, enable_gqa=True)
         >>> torch.allclose(out[:, :-2], ref.transpose(1, 2)[:, :-2], atol=1e-5)  # the padding queries are unused
         True
     """
-    if not isinstance(attention_mask, RowsLayout):
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    lay = attention_mask
     if lay.full_bias is not None:
-        out, _ = flash_cpu(query, key, value, 0.0, False, attn_mask=lay.full_bias, scale=scaling)
-        return out.transpose(1, 2).contiguous(), None
+        out, *_ = flash_cpu(query, key, value, 0.0, False, attn_mask=lay.full_bias, scale=scaling)
+        return out.transpose(1, 2).contiguous()
     p0 = lay.prefix
     # right-padded rows: a top-left causal mask is each row's own; padding queries (at the end) are garbage
-    own, own_lse = flash_cpu(query, key[:, :, p0:], value[:, :, p0:], 0.0, True, scale=scaling)
+    own, own_lse, *_ = flash_cpu(query, key[:, :, p0:], value[:, :, p0:], 0.0, True, scale=scaling)
     if not p0:
-        return own.transpose(1, 2).contiguous(), None
-    out, lse = flash_cpu(query, key[:, :, :p0], value[:, :, :p0], 0.0, False, attn_mask=lay.prefix_bias, scale=scaling)
+        return own.transpose(1, 2).contiguous()
+    out, lse, *_ = flash_cpu(
+        query, key[:, :, :p0], value[:, :, :p0], 0.0, False, attn_mask=lay.prefix_bias, scale=scaling
+    )
     lse = lse.masked_fill(~torch.as_tensor(lay.prefix_rows, device=lse.device)[:, None, None], float("-inf"))
     # softmax over prefix + chunk keys from the two partial softmaxes: weights exp(lse_part - lse_all)
     total = torch.logaddexp(lse, own_lse)
     out = out * (lse - total).exp_()[..., None] + own * (own_lse - total).exp_()[..., None]
-    return out.to(query.dtype).transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(NAME, rows_attention_forward)
-AttentionMaskInterface.register(NAME, sdpa_mask)  # a stock call made meanwhile (another thread) gets SDPA's mask
+    return out.to(query.dtype).transpose(1, 2).contiguous()
 
 
 def supports(model: Any) -> bool:
-    """Whether `rows_attention` applies: a Qwen3 model on the CPU, with SDPA and full attention in every layer.
+    """Whether this attention applies: a Qwen3 model on the CPU, with SDPA and full attention in every layer.
 
     Example:
         >>> from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -171,31 +149,3 @@ def supports(model: Any) -> bool:
         and all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
         and model.dtype in (torch.float32, torch.bfloat16)
     )
-
-
-@contextmanager
-def attention_swapped(config: Any, name: str) -> Iterator[None]:
-    """Sets a model config's attention implementation to ``name`` inside the block (then restores the previous one).
-
-    ``name`` is a function registered with transformers' ``AttentionInterface`` (or a built-in one such as "sdpa").
-
-    Example:
-        >>> from transformers import Qwen3Config
-        >>> config = Qwen3Config(attn_implementation="sdpa")
-        >>> with attention_swapped(config, NAME):
-        ...     config._attn_implementation
-        'guard_rows_sdpa'
-        >>> config._attn_implementation
-        'sdpa'
-    """
-    previous = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
-
-
-def rows_attention(model: Any) -> AbstractContextManager[None]:
-    """Runs the model's attention through `rows_attention_forward` inside the block (then restores it)."""
-    return attention_swapped(model.config, NAME)

@@ -16,15 +16,39 @@ model's step: 0.6B shape on an H100, 35 ms per token in eager mode against 4.3-4
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
-from rewards.guards.slot_attention import attention_swapped
 from rewards.guards.stream_model import Qwen3GuardStreamModel, StreamLogits
+
+
+@contextmanager
+def attention_swapped(config: Any, name: str) -> Iterator[None]:
+    """Sets a model config's attention implementation to ``name`` inside the block (then restores the previous one).
+
+    ``name`` is a function registered with transformers' ``AttentionInterface`` (or a built-in one such as "sdpa").
+
+    Example:
+        >>> from transformers import Qwen3Config
+        >>> config = Qwen3Config(attn_implementation="sdpa")
+        >>> with attention_swapped(config, "eager"):
+        ...     config._attn_implementation
+        'eager'
+        >>> config._attn_implementation
+        'sdpa'
+    """
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
 
 DECODE_ATTENTION = "qwen3guard_stream_decode"
 

@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 
-from rewards.guards import last_layer
+from rewards.guards import cpu_forward, last_layer
+from rewards.guards.kv_rows import KVRows
 from rewards.guards.label_probs import SAFETY_PREFIX, LabelTokens, encode
 from rewards.guards.lm_head import head_logits
 from rewards.guards.padding import left_pad
-from rewards.guards.prefix_cache import KVRows, extend
+from rewards.guards.prefix_cache import extend
 from rewards.verdict import CATEGORIES, SAFETY_LABELS
 
 PROMPT_LINES = 2  # Safety, Categories
@@ -146,6 +147,7 @@ class VerdictDecoder:
             self.labels = None  # no label distribution, no label-only stop; decoding itself is unaffected
         self.drafters = {r: VerdictDrafter(tokenizer, response=r) for r in (False, True)}
         self.split_head = last_layer.supports(model)  # layers per batch, one LM-head call for all batches
+        self.merged = cpu_forward.supports(model)  # short passes of all batches through one set of products
         self.stats: Counter = Counter()  # forwards, fed/padded tokens, seconds in the first pass and in the others
 
     def new_row(self, context: list[int], response: bool) -> RowState:
@@ -169,8 +171,7 @@ class VerdictDecoder:
         phase = "prefill"
         while live:
             t0 = time.perf_counter()
-            reads = [self._extend(b) for b in live]  # per batch: [positions read, hidden or vocab]
-            scores, greedy = self._scores(torch.cat(reads), live)
+            scores, greedy = self._scores(self._pass(live), live)
             self.stats.update(
                 {
                     "forwards": len(live),
@@ -216,11 +217,31 @@ class VerdictDecoder:
                     row.probs = p
             live = [b for b in live if b.active]
 
-    def _extend(self, b: _Live) -> torch.Tensor:
-        """One pass of batch ``b``; returns what it reads: each row's last ``len(draft) + 1`` positions, in order."""
-        keep = max(len(d) for d in b.drafts) + 1
-        b.state, out = extend(self.model, b.state, b.feeds, pad_id=self.pad_id, keep=keep, hidden=self.split_head)
-        return torch.cat([out[n, keep - len(d) - 1 :] for n, d in enumerate(b.drafts)])
+    def _pass(self, live: list[_Live]) -> torch.Tensor:
+        """One pass of every batch; returns what they read: each row's last ``len(draft) + 1`` positions, in order
+        (hidden states where the LM head runs apart, else logits)."""
+        keeps = [max(len(d) for d in b.drafts) + 1 for b in live]
+        feeds = [b.feeds for b in live]
+        if self.merged and cpu_forward.fits(feeds):
+            states, outs = cpu_forward.extend_batches(
+                self.model, [b.state for b in live], feeds, keeps, pad_id=self.pad_id
+            )
+            for b, state in zip(live, states, strict=True):
+                b.state = state
+        else:
+            outs = []
+            for b, keep in zip(live, keeps, strict=True):
+                b.state, out = extend(
+                    self.model, b.state, b.feeds, pad_id=self.pad_id, keep=keep, hidden=self.split_head
+                )
+                outs.append(out)
+        return torch.cat(
+            [
+                out[n, keep - len(d) - 1 :]
+                for b, out, keep in zip(live, outs, keeps, strict=True)
+                for n, d in enumerate(b.drafts)
+            ]
+        )
 
     def _scores(self, reads: torch.Tensor, live: list[_Live]) -> tuple[torch.Tensor, list[int]]:
         """Next-token scores of every read position and their argmax.

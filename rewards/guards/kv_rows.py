@@ -1,0 +1,145 @@
+"""Key/value states of batches of token rows, built from shared prefixes and extended pass by pass.
+
+`KVRows` holds the keys and values of a batch of token rows together with a slot mask and each row's next position,
+so that rows built from different prefixes can be stacked (`stack`): slots may hold padding anywhere (between a
+prefix and what follows, or where a draft token was rejected), the mask hides them and explicit position ids keep
+the rotary positions those of the unpadded sequence (see `rewards.guards.prefix_cache`).
+
+A state built with spare slots (``stack(..., room=n)``) is extended in place: the new keys/values are written into
+the next free slots instead of concatenated onto a copy of everything before them (a decoding pass of a few
+tokens would otherwise copy the whole cache). The buffers pass to the extended state; the state extended keeps
+valid keys/values but no room, so extending it again (a second continuation) concatenates as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+@dataclass
+class KVRows:
+    """Per-layer keys/values ``[rows, kv_heads, slots, head_dim]``, a ``[rows, slots]`` mask, next positions."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    next_pos: torch.Tensor
+    # per-layer key and value buffers with spare slots after the first ``slots`` (``keys``/``values`` view them)
+    buffers: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def slots(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def room(self) -> int:
+        """Spare slots after the used ones (0 without buffers)."""
+        return self.buffers[0][0].shape[2] - self.slots if self.buffers else 0
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> KVRows:
+        """The given rows (repeats allowed), as new tensors (with the same room): the source can be reused afterwards."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.mask.device)
+        mask, next_pos = self.mask.index_select(0, index), self.next_pos.index_select(0, index)
+        if self.buffers is None:
+            keys = [k.index_select(0, index) for k in self.keys]
+            return KVRows(keys, [v.index_select(0, index) for v in self.values], mask, next_pos)
+        buffers = tuple([b.index_select(0, index) for b in part] for part in self.buffers)
+        return KVRows(*_views(buffers, self.slots), mask, next_pos, buffers)
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys/values followed by ``key``/``value`` ``[rows, kv_heads, new, head_dim]``.
+
+        Written into the spare slots when there are enough (the result views the buffers), else concatenated. The
+        state itself is unchanged (its views end where they ended); see `handed_on` for the extended state's room.
+        """
+        used, end = self.keys[layer].shape[2], self.keys[layer].shape[2] + key.shape[2]
+        if self.buffers is None or end > self.buffers[0][layer].shape[2]:
+            return torch.cat([self.keys[layer], key], 2), torch.cat([self.values[layer], value], 2)
+        kb, vb = self.buffers[0][layer], self.buffers[1][layer]
+        kb[:, :, used:end] = key
+        vb[:, :, used:end] = value
+        return kb[:, :, :end], vb[:, :, :end]
+
+    def handed_on(self, keys: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The buffers, for a state whose ``keys`` were all written into them (then this state gives them up)."""
+        buffers = self.buffers
+        if buffers is None or any(k.data_ptr() != b.data_ptr() for k, b in zip(keys, buffers[0], strict=True)):
+            return None
+        self.buffers = None  # a second continuation of this state must not write over the first one's slots
+        return buffers
+
+    def drop_last_slots(self, row: int, count: int) -> None:
+        """Mask the last ``count`` visible slots of ``row`` (rejected draft tokens), move its next position back."""
+        if count > 0:
+            visible = self.mask[row].nonzero().flatten()  # padding may follow them (a right-padded chunk)
+            self.mask[row, visible[-count:]] = 0
+            self.next_pos[row] -= count
+
+    def cache(self, config: Any) -> DynamicCache:
+        """A `DynamicCache` over these tensors: updates go through `append` (spare slots, else concatenation)."""
+        cache = DynamicCache(config=config)
+        if len(cache.layers) == len(self.keys) and all(type(layer) is DynamicLayer for layer in cache.layers):
+            cache.layers = [_RowsLayer(self, i) for i in range(len(self.keys))]
+            return cache
+        return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values, strict=True)), config=config)
+
+
+class _RowsLayer(DynamicLayer):
+    """A cache layer over one layer of a `KVRows` state, updated through `KVRows.append`."""
+
+    def __init__(self, state: KVRows, layer: int):
+        super().__init__()
+        self.state, self.layer = state, layer
+        self.lazy_initialization(state.keys[layer], state.values[layer])
+        self.keys, self.values = state.keys[layer], state.values[layer]  # no copy
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.keys, self.values = self.state.append(self.layer, key_states, value_states)
+        return self.keys, self.values
+
+
+def _views(
+    buffers: tuple[list[torch.Tensor], list[torch.Tensor]], slots: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return [b[:, :, :slots] for b in buffers[0]], [b[:, :, :slots] for b in buffers[1]]
+
+
+def stack(parts: Sequence[tuple[KVRows, Sequence[int]]], *, room: int = 0) -> KVRows:
+    """Rows taken from several states (``(state, row indices)`` pairs), aligned on their last slot; one copy.
+
+    ``room``: spare slots after them, for the passes that extend the result (see the module docstring).
+    """
+    slots = max(state.slots for state, _ in parts)
+    rows = sum(len(index) for _, index in parts)
+    first = parts[0][0]
+    buffers = (
+        [k.new_empty(rows, k.shape[1], slots + room, k.shape[3]) for k in first.keys],
+        [v.new_empty(rows, v.shape[1], slots + room, v.shape[3]) for v in first.values],
+    )
+    mask = first.mask.new_zeros(rows, slots)
+    next_pos = first.next_pos.new_zeros(rows)
+    row = 0
+    for state, index in parts:
+        index = torch.as_tensor(index, dtype=torch.long, device=state.mask.device)
+        span, gap, tail = (
+            slice(row, row + len(index)),
+            slice(0, slots - state.slots),
+            slice(slots - state.slots, slots),
+        )
+        for out, src in zip(buffers[0] + buffers[1], state.keys + state.values, strict=True):
+            out[span, :, gap] = 0  # masked, but finite: a masked score is -inf only if the key is finite
+            out[span, :, tail] = src.index_select(0, index)
+        mask[span, tail] = state.mask.index_select(0, index)
+        next_pos[span] = state.next_pos.index_select(0, index)
+        row += len(index)
+    return KVRows(*_views(buffers, slots), mask, next_pos, buffers if room else None)
