@@ -55,8 +55,10 @@ def batch(model, rng: random.Random, prefix_len: int, lengths: list[int], spare:
     return state, [prefix + x for x in inputs]
 
 
+@pytest.mark.parametrize("piece", [cpu_forward.PIECE, 7], ids=["whole", "in-pieces"])
 @torch.inference_mode()
-def test_batches_in_one_pass_equal_each_row_alone(model):
+def test_batches_in_one_pass_equal_each_row_alone(model, piece, monkeypatch):
+    monkeypatch.setattr(cpu_forward, "PIECE", piece)  # per-token work in pieces of 7 tokens: same results
     rng = random.Random(0)
     built = [batch(model, rng, p, lengths, spare=40) for p, lengths in ((7, [70, 90]), (12, [5, 9, 3]), (3, [30]))]
     states = [s for s, _ in built]

@@ -32,6 +32,11 @@ from rewards.guards.kv_rows import KVRows
 from rewards.guards.padding import pad
 from rewards.guards.slot_attention import RowsLayout, attend, flash_cpu, layout, long_chunk
 
+# Per-token work (norms, projections, MLP) runs this many tokens at a time: the intermediates stay in cache and
+# reuse memory instead of fresh pages (the bench shape's MLP alone over 16k tokens: 12-15% faster, the same values;
+# the bench's first-pass batches are mostly 2-4k tokens, where it changes little).
+PIECE = 2048
+
 
 def supports(model: Any) -> bool:
     """Whether this forward pass applies: where both the slot attention and the shortened last layer do.
@@ -84,6 +89,35 @@ def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
 def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     gate = mlp.gate_proj(x)
     return mlp.down_proj(F.silu(gate, inplace=True).mul_(mlp.up_proj(x)))
+
+
+def _pieces(n: int) -> list[slice]:
+    """Token ranges of at most `PIECE` tokens covering ``n``."""
+    return [slice(s, min(s + PIECE, n)) for s in range(0, n, PIECE)]
+
+
+def _project(
+    layer: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, queries: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keys, values (and queries) of hidden states ``h`` ``[tokens, hidden]``, ``[tokens, heads, head_dim]`` each."""
+    attn = layer.self_attn
+    key = h.new_empty(len(h), attn.config.num_key_value_heads, attn.head_dim)
+    value = torch.empty_like(key)
+    query = h.new_empty(len(h), attn.config.num_attention_heads, attn.head_dim) if queries else None
+    for s in _pieces(len(h)):
+        x = _norm(layer.input_layernorm, h[s])
+        key[s] = _rotate(_norm(attn.k_norm, _heads(attn.k_proj(x), attn.head_dim)), cos[s], sin[s])
+        value[s] = _heads(attn.v_proj(x), attn.head_dim)
+        if queries:
+            query[s] = _rotate(_norm(attn.q_norm, _heads(attn.q_proj(x), attn.head_dim)), cos[s], sin[s])
+    return key, value, query
+
+
+def _finish(layer: Any, h: torch.Tensor, attended: torch.Tensor) -> None:
+    """The rest of the layer, in place on ``h``: output projection and residual, then the MLP and residual."""
+    for s in _pieces(len(h)):
+        x = h[s] + layer.self_attn.o_proj(attended[s])
+        h[s] = x + _mlp(layer.mlp, _norm(layer.post_attention_layernorm, x))
 
 
 class _Batch:
@@ -157,9 +191,7 @@ def extend_batches(
     cos, sin = cos[0], sin[0]
     for li, layer in enumerate(layers):
         attn, last = layer.self_attn, li == len(layers) - 1
-        x = _norm(layer.input_layernorm, h)
-        key = _rotate(_norm(attn.k_norm, _heads(attn.k_proj(x), attn.head_dim)), cos, sin)
-        value = _heads(attn.v_proj(x), attn.head_dim)
+        key, value, query = _project(layer, h, cos, sin, queries=not last)
         kv, start = [], 0
         for b, size in zip(batches, sizes, strict=True):
             k = key[start : start + size].view(b.rows, b.width, *key.shape[1:]).transpose(1, 2)
@@ -170,8 +202,9 @@ def extend_batches(
             if not len(read):
                 h = h[:0]
                 break
-            x, h, cos, sin = x[read], h[read], cos[read], sin[read]
-        query = _rotate(_norm(attn.q_norm, _heads(attn.q_proj(x), attn.head_dim)), cos, sin)
+            h = h[read]
+            query = _rotate(_norm(attn.q_norm, _heads(attn.q_proj(_norm(layer.input_layernorm, h)), attn.head_dim)),
+                            cos[read], sin[read])  # fmt: skip
         outs, qstart = [], 0
         for b, (k, v) in zip(batches, kv, strict=True):
             width = b.keep if last else b.width
@@ -185,8 +218,7 @@ def extend_batches(
             else:
                 out = attend(q, k, v, b.layout, attn.scaling)
             outs.append(out.reshape(b.rows * width, -1))
-        h = h + attn.o_proj(torch.cat(outs))
-        h = h + _mlp(layer.mlp, _norm(layer.post_attention_layernorm, h))
+        _finish(layer, h, torch.cat(outs))
     h = _norm(body.norm, h)
 
     hidden, qstart = [], 0

@@ -115,12 +115,29 @@ def _views(
 
 
 def stack(parts: Sequence[tuple[KVRows, Sequence[int]]], *, room: int = 0) -> KVRows:
-    """Rows taken from several states (``(state, row indices)`` pairs), aligned on their last slot; one copy.
+    """Rows taken from several states (``(state, row indices)`` pairs): each row's visible slots, in order and
+    aligned on the last slot, with its masked ones (padding of the states it came from) left out; one copy.
 
-    ``room``: spare slots after them, for the passes that extend the result (see the module docstring).
+    The order of cached slots matters to nothing but the mask (their positions are in the keys already), so a row
+    may lose its gaps: attention then spends no work on them. ``room``: spare slots after them, for the passes
+    that extend the result (see the module docstring).
+
+    Example:
+        >>> state = KVRows([torch.arange(4.0).view(1, 1, 4, 1)], [torch.zeros(1, 1, 4, 1)],
+        ...     mask=torch.tensor([[1, 0, 1, 1]]), next_pos=torch.tensor([3]))
+        >>> short = KVRows([torch.ones(1, 1, 1, 1)], [torch.ones(1, 1, 1, 1)], torch.tensor([[1]]), torch.tensor([1]))
+        >>> both = stack([(state, [0]), (short, [0])])
+        >>> both.keys[0].flatten(1).tolist(), both.mask.tolist(), both.next_pos.tolist()
+        ([[0.0, 2.0, 3.0], [0.0, 0.0, 1.0]], [[1, 1, 1], [0, 0, 1]], [3, 1])
     """
-    slots = max(state.slots for state, _ in parts)
-    rows = sum(len(index) for _, index in parts)
+    sources: dict[tuple[int, int], tuple[KVRows, int, list[int]]] = {}  # (state, row) -> rows taking it
+    rows = 0
+    for state, index in parts:
+        for i in index:
+            sources.setdefault((id(state), int(i)), (state, int(i), []))[2].append(rows)
+            rows += 1
+    visible = {key: state.mask[i].nonzero().flatten() for key, (state, i, _) in sources.items()}
+    slots = max(len(v) for v in visible.values())
     first = parts[0][0]
     buffers = (
         [k.new_empty(rows, k.shape[1], slots + room, k.shape[3]) for k in first.keys],
@@ -128,18 +145,12 @@ def stack(parts: Sequence[tuple[KVRows, Sequence[int]]], *, room: int = 0) -> KV
     )
     mask = first.mask.new_zeros(rows, slots)
     next_pos = first.next_pos.new_zeros(rows)
-    row = 0
-    for state, index in parts:
-        index = torch.as_tensor(index, dtype=torch.long, device=state.mask.device)
-        span, gap, tail = (
-            slice(row, row + len(index)),
-            slice(0, slots - state.slots),
-            slice(slots - state.slots, slots),
-        )
+    for key, (state, i, dest) in sources.items():
+        cols, gap = visible[key], slots - len(visible[key])
+        to = torch.as_tensor(dest, dtype=torch.long, device=mask.device)
         for out, src in zip(buffers[0] + buffers[1], state.keys + state.values, strict=True):
-            out[span, :, gap] = 0  # masked, but finite: a masked score is -inf only if the key is finite
-            out[span, :, tail] = src.index_select(0, index)
-        mask[span, tail] = state.mask.index_select(0, index)
-        next_pos[span] = state.next_pos.index_select(0, index)
-        row += len(index)
+            out[to, :, :gap] = 0  # masked, but finite: a masked score is -inf only if the key is finite
+            out[to, :, gap:slots] = src[i].index_select(1, cols)
+        mask[to, gap:] = 1
+        next_pos[to] = state.next_pos[i]
     return KVRows(*_views(buffers, slots), mask, next_pos, buffers if room else None)
