@@ -25,13 +25,25 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model_dir(tmp_path_factory):
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("step-pass")
+    path = tmp_path_factory.mktemp("cpu-forward")
     Qwen3ForCausalLM(tiny_config(VOCAB, num_hidden_layers=3, initializer_range=0.2)).save_pretrained(path)
-    loaded = Qwen3ForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
-    assert cpu_forward.supports(loaded)
+    return path
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def model(request, model_dir):
+    """sdpa: our CPU forward pass; eager: transformers' forward, whose cache layers write into the spare slots
+    (`KVRows.cache`), as on a GPU."""
+    loaded = Qwen3ForCausalLM.from_pretrained(model_dir, attn_implementation=request.param).eval()
+    assert cpu_forward.supports(loaded) == (request.param == "sdpa")
     return loaded
+
+
+@pytest.fixture(scope="module")
+def cpu_model(model_dir):
+    return Qwen3ForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
 
 
 def plain(model, ids: list[int], keep: int) -> torch.Tensor:
@@ -57,7 +69,8 @@ def batch(model, rng: random.Random, prefix_len: int, lengths: list[int], spare:
 
 @pytest.mark.parametrize("piece", [cpu_forward.PIECE, 7], ids=["whole", "in-pieces"])
 @torch.inference_mode()
-def test_batches_in_one_pass_equal_each_row_alone(model, piece, monkeypatch):
+def test_batches_in_one_pass_equal_each_row_alone(cpu_model, piece, monkeypatch):
+    model = cpu_model  # several batches in one pass: our CPU forward only
     monkeypatch.setattr(cpu_forward, "PIECE", piece)  # per-token work in pieces of 7 tokens: same results
     rng = random.Random(0)
     built = [batch(model, rng, p, lengths, spare=40) for p, lengths in ((7, [70, 90]), (12, [5, 9, 3]), (3, [30]))]
