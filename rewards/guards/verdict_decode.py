@@ -37,6 +37,10 @@ from rewards.verdict import CATEGORIES, SAFETY_LABELS
 
 PROMPT_LINES = 2  # Safety, Categories
 RESPONSE_LINES = 3  # Safety, Categories, Refusal
+# Positions per logits-processor call. A processor returns new [positions, vocabulary] scores; at 32 x 151k floats
+# (19 MB) the allocator reuses that memory call after call, where one call over every read position (hundreds)
+# mapped and zeroed fresh pages each pass (bench_reward's forcing processor: 130k of a full run's 500k page faults).
+PROCESSOR_ROWS = 32
 
 
 def verdict_texts(response: bool) -> list[str]:
@@ -247,8 +251,8 @@ class VerdictDecoder:
         """Next-token scores of every read position and their argmax.
 
         Without a logits processor these are the logits themselves. With one, every position a row may read this
-        step is scored in one batched call, with the ids ``generate`` would pass there (input + generated + the
-        draft so far; shorter rows padded on the left, as ``generate`` pads).
+        step is scored, `PROCESSOR_ROWS` positions per call, with the ids ``generate`` would pass there (input +
+        generated + the draft so far; shorter rows padded on the left, as ``generate`` pads).
         """
         logits = head_logits(self.model, reads) if self.split_head else reads
         self.stats["head_calls"] += 1
@@ -261,9 +265,12 @@ class VerdictDecoder:
             for n, i in enumerate(b.active)
             for j in range(len(b.drafts[n]) + 1)
         ]
-        ids, _ = left_pad(contexts, self.pad_id, logits.device)
-        picked = self.logits_processor(ids, logits.float())
-        return picked, picked.argmax(-1).tolist()
+        scores = logits.float()
+        for start in range(0, len(contexts), PROCESSOR_ROWS):
+            part = slice(start, start + PROCESSOR_ROWS)
+            ids, _ = left_pad(contexts[part], self.pad_id, logits.device)
+            scores[part] = self.logits_processor(ids, scores[part])
+        return scores, scores.argmax(-1).tolist()
 
     def _stops(self, row: RowState, t: int, label_stop: bool) -> bool:
         """Whether ``row`` ends after its new token ``t``; ``label_stop``: ``t`` is the label's place (safety_only)."""
