@@ -119,38 +119,44 @@ def stack(parts: Sequence[tuple[KVRows, Sequence[int]]], *, room: int = 0) -> KV
     aligned on the last slot, with its masked ones (padding of the states it came from) left out; one copy.
 
     The order of cached slots matters to nothing but the mask (their positions are in the keys already), so a row
-    may lose its gaps: attention then spends no work on them. ``room``: spare slots after them, for the passes
-    that extend the result (see the module docstring).
+    may lose its gaps: attention then spends no work on them. The slots before a shorter row's own hold copies of
+    its keys (masked, and finite, as a masked slot must be: its score is -inf only if the key is finite). ``room``:
+    spare slots after them, for the passes that extend the result (see the module docstring).
 
     Example:
         >>> state = KVRows([torch.arange(4.0).view(1, 1, 4, 1)], [torch.zeros(1, 1, 4, 1)],
         ...     mask=torch.tensor([[1, 0, 1, 1]]), next_pos=torch.tensor([3]))
         >>> short = KVRows([torch.ones(1, 1, 1, 1)], [torch.ones(1, 1, 1, 1)], torch.tensor([[1]]), torch.tensor([1]))
         >>> both = stack([(state, [0]), (short, [0])])
-        >>> both.keys[0].flatten(1).tolist(), both.mask.tolist(), both.next_pos.tolist()
-        ([[0.0, 2.0, 3.0], [0.0, 0.0, 1.0]], [[1, 1, 1], [0, 0, 1]], [3, 1])
+        >>> both.mask.tolist(), both.keys[0].flatten(1)[both.mask.bool()].tolist(), both.next_pos.tolist()
+        ([[1, 1, 1], [0, 0, 1]], [0.0, 2.0, 3.0, 1.0], [3, 1])
     """
-    sources: dict[tuple[int, int], tuple[KVRows, int, list[int]]] = {}  # (state, row) -> rows taking it
-    rows = 0
+    picked = []
     for state, index in parts:
-        for i in index:
-            sources.setdefault((id(state), int(i)), (state, int(i), []))[2].append(rows)
-            rows += 1
-    visible = {key: state.mask[i].nonzero().flatten() for key, (state, i, _) in sources.items()}
-    slots = max(len(v) for v in visible.values())
+        index = torch.as_tensor(index, dtype=torch.long, device=state.mask.device)
+        visible = state.mask.index_select(0, index).bool()
+        picked.append((state, index, visible, visible.sum(1)))
+    slots = max(int(counts.max()) for *_, counts in picked)
+    rows = sum(len(index) for _, index, _, _ in picked)
     first = parts[0][0]
     buffers = (
         [k.new_empty(rows, k.shape[1], slots + room, k.shape[3]) for k in first.keys],
         [v.new_empty(rows, v.shape[1], slots + room, v.shape[3]) for v in first.values],
     )
-    mask = first.mask.new_zeros(rows, slots)
-    next_pos = first.next_pos.new_zeros(rows)
-    for key, (state, i, dest) in sources.items():
-        cols, gap = visible[key], slots - len(visible[key])
-        to = torch.as_tensor(dest, dtype=torch.long, device=mask.device)
+    mask = first.mask.new_empty(rows, slots)
+    next_pos = first.next_pos.new_empty(rows)
+    columns = torch.arange(slots, device=first.mask.device)
+    row = 0
+    for state, index, visible, counts in picked:
+        span, width = slice(row, row + len(index)), visible.shape[1]
+        # each row's visible slots in order, then its masked ones; slot j of the result takes the (j - gap)-th
+        order = (torch.arange(width, device=visible.device) + (~visible) * width).argsort(1)
+        gap = slots - counts
+        source = order.gather(1, (columns[None] - gap[:, None]).clamp(min=0))[:, None, :, None]
         for out, src in zip(buffers[0] + buffers[1], state.keys + state.values, strict=True):
-            out[to, :, :gap] = 0  # masked, but finite: a masked score is -inf only if the key is finite
-            out[to, :, gap:slots] = src[i].index_select(1, cols)
-        mask[to, gap:] = 1
-        next_pos[to] = state.next_pos[i]
+            rows_src = src.index_select(0, index)
+            out[span, :, :slots] = rows_src.gather(2, source.expand(-1, src.shape[1], -1, src.shape[3]))
+        mask[span] = (columns[None] >= gap[:, None]).to(mask.dtype)
+        next_pos[span] = state.next_pos.index_select(0, index)
+        row += len(index)
     return KVRows(*_views(buffers, slots), mask, next_pos, buffers if room else None)
