@@ -139,3 +139,20 @@ def test_select_keeps_the_room(model):
 def test_fits_only_short_chunks():
     assert cpu_forward.fits([[[1, 2, 3]], [[4]]])
     assert not cpu_forward.fits([[[1] * 64]])
+
+
+@torch.inference_mode()
+def test_stacking_a_state_with_room_equals_stacking_its_copy(model):
+    """A state whose keys view larger buffers (not contiguous) is stacked by the gather path: same result."""
+    rng = random.Random(5)
+    state, _ = batch(model, rng, 5, [4, 9, 6], spare=8)
+    state.drop_last_slots(1, 2)  # a gap inside a row
+    assert not state.keys[0].is_contiguous()
+    copy = KVRows(
+        [k.contiguous() for k in state.keys], [v.contiguous() for v in state.values], state.mask, state.next_pos
+    )
+    a, b = stack([(state, [2, 0, 1])]), stack([(copy, [2, 0, 1])])
+    assert torch.equal(a.mask, b.mask) and a.slots == int(state.mask.sum(1).max())  # padding and gaps left out
+    visible = a.mask.bool()
+    for ka, kb in zip(a.keys + a.values, b.keys + b.values, strict=True):
+        assert torch.equal(ka.transpose(1, 2)[visible], kb.transpose(1, 2)[visible])
