@@ -330,9 +330,7 @@ class LocalGenBackend:
             for wave in self._waves(batches, lengths):
                 t0 = time.perf_counter()
                 groups = [[part[b] for b in batch] for batch in wave]
-                # room for the input and a verdict's passes: they write into it (no concatenation, see KVRows)
-                states = [self._stack(group, room=max(len(j.ids) - j.start for j in group) + 2 * self.max_new_tokens)
-                          for group in groups]  # fmt: skip
+                states = [self._stack(group) for group in groups]
                 self._sync()
                 self.stats["stack_s"] += time.perf_counter() - t0
                 rows = [[self.decoder.new_row(j.ids, j.prepared.response) for j in group] for group in groups]
@@ -366,15 +364,16 @@ class LocalGenBackend:
                 held = size
         return waves
 
-    @staticmethod
-    def _stack(group: list[_Job], room: int) -> KVRows | None:
-        """The prefix state of a batch: its rows' sources side by side (None when the rows have no prefix)."""
+    def _stack(self, group: list[_Job]) -> KVRows | None:
+        """The prefix state of a batch: its rows' sources side by side (None when the rows have no prefix), with
+        room for their inputs and a verdict's passes (written in place, see `rewards.guards.kv_rows`)."""
         if group[0].source is None:
             return None
         group.sort(key=lambda j: id(j.source[0]))  # rows of one state side by side: one select each
         parts: dict[int, tuple[KVRows, list[int]]] = {}
         for j in group:
             parts.setdefault(id(j.source[0]), (j.source[0], []))[1].append(j.source[1])
+        room = max(len(j.ids) - j.start for j in group) + 2 * self.max_new_tokens  # drafts rejected on the way too
         return stack(list(parts.values()), room=room)
 
     def _verdict(self, job: _Job, row: RowState) -> Verdict:
