@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rewards.guards import last_layer, slot_attention
-from rewards.guards.kv_rows import KVRows
+from rewards.guards.kv_rows import KVRows, chunk_positions, extended
 from rewards.guards.padding import pad
 from rewards.guards.slot_attention import RowsLayout, attend, flash_cpu, layout, long_chunk
 
@@ -129,8 +129,7 @@ class _Batch:
         self.right = long_chunk(max(len(r) for r in rows))  # long-chunk attention wants right padding
         self.ids, self.mask = pad(rows, pad_id, device, left=not self.right)
         self.rows, self.width = self.ids.shape
-        self.start = state.next_pos if state is not None else torch.zeros(self.rows, dtype=torch.long, device=device)
-        self.positions = (self.start[:, None] + self.mask.cumsum(1) - 1).clamp(min=0)  # padding: any valid position
+        self.positions = chunk_positions(state, self.mask)
         self.layout: RowsLayout = layout(state.mask if state is not None else None, self.mask, model.dtype)
         self.keep = keep
         if self.right:
@@ -151,14 +150,7 @@ class _Batch:
         return key, value
 
     def result(self) -> KVRows:
-        state = self.state
-        return KVRows(
-            keys=self.keys,
-            values=self.values,
-            mask=self.mask if state is None else torch.cat([state.mask, self.mask], 1),
-            next_pos=self.start + self.mask.sum(1),
-            buffers=state.handed_on(self.keys) if state is not None else None,
-        )
+        return extended(self.state, self.mask, self.keys, self.values)
 
 
 @torch.inference_mode()

@@ -108,6 +108,29 @@ class _RowsLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def chunk_positions(state: KVRows | None, chunk_mask: torch.Tensor) -> torch.Tensor:
+    """The rotary position of each column of a chunk ``[rows, chunk]`` run on top of ``state``: each row goes on
+    from its state's next position (padding gets any valid position).
+
+    Example:
+        >>> chunk_positions(None, torch.tensor([[0, 1, 1], [1, 1, 1]])).tolist()
+        [[0, 0, 1], [0, 1, 2]]
+    """
+    start = state.next_pos if state is not None else chunk_mask.new_zeros(chunk_mask.shape[0])
+    return (start[:, None] + chunk_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def extended(
+    state: KVRows | None, chunk_mask: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
+) -> KVRows:
+    """The state after a chunk ``[rows, chunk]`` ran on top of ``state``; ``keys``/``values``: every layer's, the
+    chunk's included. It takes the buffers over where the chunk was written into them (`KVRows.handed_on`)."""
+    if state is None:
+        return KVRows(keys, values, chunk_mask, chunk_mask.sum(1))
+    mask = torch.cat([state.mask, chunk_mask], 1)
+    return KVRows(keys, values, mask, state.next_pos + chunk_mask.sum(1), state.handed_on(keys))
+
+
 def _views(
     buffers: tuple[list[torch.Tensor], list[torch.Tensor]], slots: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -22,9 +22,9 @@ import torch
 from transformers import DynamicCache
 
 from rewards.guards import cpu_forward, last_layer
-from rewards.guards.kv_rows import KVRows
+from rewards.guards.kv_rows import KVRows, chunk_positions, extended
 from rewards.guards.lm_head import head_logits
-from rewards.guards.padding import pad
+from rewards.guards.padding import left_pad
 
 
 @torch.inference_mode()
@@ -50,9 +50,7 @@ def extend(
         (new,), (out,) = cpu_forward.extend_batches(model, [state], [rows], [keep], pad_id=pad_id)
         return new, out if hidden else head_logits(model, out.flatten(0, 1)).unflatten(0, out.shape[:2])
     device = model.device
-    ids, chunk_mask = pad(rows, pad_id, device, left=True)
-    start = state.next_pos if state is not None else torch.zeros(len(rows), dtype=torch.long, device=device)
-    positions = (start[:, None] + chunk_mask.cumsum(1) - 1).clamp(min=0)  # padding gets any valid position
+    ids, chunk_mask = left_pad(rows, pad_id, device)
     mask = chunk_mask if state is None else torch.cat([state.mask, chunk_mask], 1)
     cache = state.cache(model.config) if state is not None else DynamicCache(config=model.config)
     width = ids.shape[1]
@@ -64,20 +62,13 @@ def extend(
         out = (model.get_decoder() if hidden else model)(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=chunk_positions(state, chunk_mask),
             past_key_values=cache,
             use_cache=True,
             **({} if hidden else {"logits_to_keep": keep if tail else max(keep, 1)}),  # 0: every column to HF
         )
-    cache = out.past_key_values
-    keys = [layer.keys for layer in cache.layers]
-    new = KVRows(
-        keys=keys,
-        values=[layer.values for layer in cache.layers],
-        mask=mask,
-        next_pos=start + chunk_mask.sum(1),
-        buffers=state.handed_on(keys) if state is not None else None,
-    )
+    layers = out.past_key_values.layers
+    new = extended(state, chunk_mask, [layer.keys for layer in layers], [layer.values for layer in layers])
     if hidden:
         return new, out.last_hidden_state  # the last layer kept just the ``keep`` columns
     return new, out.logits[:, out.logits.shape[1] - keep :]
