@@ -165,3 +165,36 @@ def test_byte_length_shortcut_agrees_with_the_full_count(guard_tokenizer):
         assert fast.prepare(conv) == full.prepare(conv)
         assert (fast.counted == 0) == shortcut, conv[1]["content"][:20]
     assert not fast.prepare(many_bytes_few_tokens).truncated and fast.prepare(long).truncated
+
+
+def test_prepare_many_matches_prepare_one_by_one(guard_tokenizer):
+    """One batched tokenizer call gives each conversation what `prepare` gives it; bad ones keep their place."""
+    prompt = GuardPrompt(guard_tokenizer, max_input_tokens=200)
+    long = "word " * 400  # truncated: its tokens were counted and cut one by one
+    convs = [
+        [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "I can't help."}],
+        [{"role": "assistant", "content": "no user turn"}],
+        [{"role": "user", "content": INJECTIONS[0]}],
+        [{"role": "user", "content": long}, {"role": "assistant", "content": long}],
+        [{"role": "user", "content": 7}],
+        [{"role": "user", "content": "Wie knacke ich ein Schloss? 🔒"}],
+    ]
+    many = prompt.prepare_many(convs)
+    assert [type(p).__name__ for p in many] == [
+        "PreparedInput", "ValueError", "PreparedInput", "PreparedInput", "ValueError", "PreparedInput"
+    ]  # fmt: skip
+    assert many[3].truncated
+    for conv, got in zip(convs, many, strict=True):
+        if not isinstance(got, ValueError):
+            assert got == prompt.prepare(conv)
+    assert prompt.prepare_many([]) == []
+    # a step's worth: encoded in shares on the tokenizer threads, each input still in its place
+    step = [[{"role": "user", "content": f"question {i} " * (i % 7 + 1)}] for i in range(37)] + convs * 3
+    got = prompt.prepare_many(step)
+    assert prompt._pool is not None  # the threaded path ran
+    for conv, prepared in zip(step, got, strict=True):
+        if isinstance(prepared, ValueError):
+            with pytest.raises(ValueError):
+                prompt.prepare(conv)
+        else:
+            assert prepared == prompt.prepare(conv)

@@ -7,8 +7,9 @@ What a batch of guard inputs costs here, and why the result is still that of pla
   and copied into each row. Inputs that also share their prompt (a GRPO group's answers and thinking blocks) share
   the prompt's keys/values too, computed once per call.
 * Length buckets: rows are sorted by what is left to compute and cut into batches by rows and padded tokens.
-  On the CPU a Qwen3 guard runs our own forward pass (`rewards.guards.cpu_forward`): attention skips the causal
-  half of each row's new tokens, element-wise work is fused, and decoding passes of all batches run as one.
+  A Qwen3 guard with SDPA (CPU or GPU) runs our own forward pass (`rewards.guards.rows_forward`): attention reads
+  the cache without copying key/value heads (and on the CPU skips the causal half of each row's new tokens),
+  element-wise work is fused, and the decoding passes of all batches run as one.
 * The last decoder layer runs in full only at the positions whose scores are read; elsewhere it computes just the
   keys and values later passes attend to (`rewards.guards.last_layer`).
 * Batches decoded side by side (a "wave", bounded by ``max_wave_tokens``) share one LM-head call per pass, and
@@ -27,12 +28,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -114,8 +112,8 @@ class LocalGenBackend:
     ``logits_processor`` (a transformers ``LogitsProcessor`` or list) is
     applied wherever the decoder reads next-token scores, as ``generate`` would apply it (benchmarks force a fixed
     verdict on random-weight models with it) and sees the last ``processor_context`` input tokens (None: all).
-    Inputs are rendered and tokenized by ``prepare_workers`` threads (default: half the CPUs, at most 8), each with
-    its own tokenizer copy. ``stats`` accumulates tokens and seconds per phase.
+    Inputs are rendered one by one and tokenized in one batched call (`GuardPrompt.prepare_many`). ``stats``
+    accumulates tokens and seconds per phase.
     """
 
     def __init__(
@@ -134,7 +132,6 @@ class LocalGenBackend:
         max_batch_padding: float | None = None,
         logits_processor: Any = None,
         processor_context: int | None = None,
-        prepare_workers: int | None = None,
     ):
         loaded = not isinstance(model, str)
         self.device = resolve_device(device) if device or not loaded else model.device
@@ -151,9 +148,6 @@ class LocalGenBackend:
         self.model.to(self.device).eval()
         self.prompt = GuardPrompt(self.tokenizer, max_input_tokens=max_input_tokens)
         self.max_input_tokens = max_input_tokens
-        self.prepare_workers = prepare_workers or max(1, min(8, (os.cpu_count() or 2) // 2))
-        self._pool: ThreadPoolExecutor | None = None
-        self._local = threading.local()
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wave_tokens = max_wave_tokens
@@ -211,7 +205,7 @@ class LocalGenBackend:
         results: list[Verdict | None] = [None] * len(conversations)
         jobs: list[_Job] = []
         t0 = time.perf_counter()
-        for i, prepared in enumerate(self._prepare_all(conversations)):
+        for i, prepared in enumerate(self.prompt.prepare_many(conversations)):
             if isinstance(prepared, Exception):
                 results[i] = failed_verdict(f"bad conversation: {prepared}")
             else:
@@ -236,28 +230,6 @@ class LocalGenBackend:
         return self.moderate(conversations, safety_only=True)
 
     # -- planning ---------------------------------------------------------------------------------------------
-    @staticmethod
-    def _prepare_with(prompt: GuardPrompt, conversation: Conversation) -> PreparedInput | Exception:
-        try:
-            return prompt.prepare(conversation)
-        except (ValueError, TypeError) as exc:
-            return exc
-
-    def _prepare_in_worker(self, conversation: Conversation) -> PreparedInput | Exception:
-        prompt = getattr(self._local, "prompt", None)
-        if prompt is None:  # a tokenizer per worker: a fast tokenizer must not be called from two threads at once
-            prompt = GuardPrompt(copy.deepcopy(self.tokenizer), max_input_tokens=self.max_input_tokens)
-            self._local.prompt = prompt
-        return self._prepare_with(prompt, conversation)
-
-    def _prepare_all(self, conversations: Sequence[Conversation]) -> list[PreparedInput | Exception]:
-        """Escaped, truncated, rendered and tokenized inputs; tokenizers release the GIL, so threads help."""
-        if self.prepare_workers < 2 or len(conversations) < 4 * self.prepare_workers:
-            return [self._prepare_with(self.prompt, c) for c in conversations]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.prepare_workers, thread_name_prefix="guard-prepare")
-        return list(self._pool.map(self._prepare_in_worker, conversations))
-
     def _chunks(self, jobs: list[_Job]) -> list[list[_Job]]:
         """Jobs in runs of whole prompt groups, so that a group's shared prefix lives only while it is needed."""
         groups: dict[str, list[_Job]] = {}
