@@ -221,3 +221,52 @@ def model_params(model) -> tuple[int, int]:
     """(parameters outside the embedding, parameters of the tied embedding / LM head)."""
     head = model.get_output_embeddings().weight.numel()
     return sum(p.numel() for p in model.parameters()) - head, head
+
+
+@torch.inference_mode()
+def exactness(model, tok, ids: list[list[int]], *, pad_id: int) -> dict[str, float]:
+    """Our passes against one plain forward per input, on this device and dtype (the bench's numbers check).
+
+    Ours: `prefix_cache.extend` over all inputs as one batch (the first pass's path), then ``Safety:`` on top of
+    the returned state (a decoding pass). For comparison, what the baseline does: the same inputs left-padded in
+    one batch through the stock forward. Reported: the largest difference of the label distribution read after
+    ``Safety:`` (softmax over the three label tokens' scores) from the plain pass's, and how often the argmax over
+    the whole vocabulary agrees, at the input's last token and after ``Safety:``.
+    """
+    from rewards.guards.label_probs import LabelTokens
+    from rewards.guards.padding import left_pad
+    from rewards.guards.prefix_cache import extend
+
+    labels = LabelTokens.from_tokenizer(tok)
+    safety = list(labels.prefix)
+    plain_last, plain_label = [], []
+    for row in ids:
+        logits = model(torch.tensor([row + safety], device=model.device)).logits[0]
+        plain_last.append(logits[len(row) - 1])
+        plain_label.append(logits[-1])
+    state, last = extend(model, None, ids, pad_id=pad_id, keep=1)
+    _, label = extend(model, state, [safety] * len(ids), pad_id=pad_id, keep=1)
+    padded, mask = left_pad([row + safety for row in ids], pad_id, model.device)
+    stock = model(input_ids=padded, attention_mask=mask).logits
+    stock_label = [stock[i, -1] for i in range(len(ids))]
+    stock_last = [stock[i, -1 - len(safety)] for i in range(len(ids))]
+
+    def agree(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return sum(int(x.argmax() == y.argmax()) for x, y in zip(a, b, strict=True)) / len(a)
+
+    def label_gap(rows: list[torch.Tensor]) -> float:
+        gaps = []
+        for x, y in zip(rows, plain_label, strict=True):
+            p, q = labels.probs(x), labels.probs(y)
+            gaps.append(max(abs(p[k] - q[k]) for k in p))
+        return max(gaps)
+
+    return {
+        "inputs": len(ids),
+        "ours_label_prob_max_diff": label_gap([label[i, -1] for i in range(len(ids))]),
+        "stock_batched_label_prob_max_diff": label_gap(stock_label),
+        "ours_argmax_agree_last": agree([last[i, -1] for i in range(len(ids))], plain_last),
+        "ours_argmax_agree_label": agree([label[i, -1] for i in range(len(ids))], plain_label),
+        "stock_batched_argmax_agree_last": agree(stock_last, plain_last),
+        "stock_batched_argmax_agree_label": agree(stock_label, plain_label),
+    }

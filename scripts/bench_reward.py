@@ -55,6 +55,7 @@ from _bench_guard_inputs import (  # noqa: E402
     ForcedVerdict,
     baseline_prefill_seconds,
     build_model,
+    exactness,
     grpo_step,
     matmul_rate,
     model_params,
@@ -143,6 +144,19 @@ def main() -> None:
     parser.add_argument("--server-inputs", type=int, default=24)
     parser.add_argument("--server-concurrency", type=int, default=8)
     parser.add_argument("--profile", action="store_true", help="print the top operators of one run of ours")
+    parser.add_argument(
+        "--gpu-attention",
+        choices=["default", "auto"],
+        default="default",
+        help="SDPA kernels of our GPU attention: the library's default (rewards.guards.slot_attention.GPU_KERNELS) "
+        "or PyTorch's own choice",
+    )
+    parser.add_argument(
+        "--check-inputs",
+        type=int,
+        default=16,
+        help="distinct inputs whose scores from our passes are compared with a plain forward each (0: skip)",
+    )
     parser.add_argument("--output", default=None, help="write every figure to this JSON file")
     parser.add_argument(
         "--grpo-share",
@@ -162,6 +176,10 @@ def main() -> None:
     elif args.grpo_share == "none":
         args.grpo_share = None
 
+    if args.gpu_attention == "auto":
+        from rewards.guards import slot_attention
+
+        slot_attention.GPU_KERNELS = None
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     shape = args.shape or ("0.6b" if cuda else "cpu")
@@ -246,6 +264,11 @@ def main() -> None:
         for L in unique.values()
     )
 
+    check = None
+    if args.check_inputs:
+        distinct = list({json.dumps(c): c for c in convs}.values())
+        picked = random.Random(args.seed + 3).sample(distinct, min(args.check_inputs, len(distinct)))
+        check = exactness(model, tok, [backend.prepare(c).input_ids for c in picked], pad_id=tok.pad_token_id)
     server = run_server(args, model, tok, work, convs, device) if args.server and not cuda else None
     no_eos = None
     if args.no_eos_figure:
@@ -295,6 +318,12 @@ def main() -> None:
         for name in paths:
             results[name]["cpu_seconds_all"] = cpu_seconds[name]
     say(f"agreement with the baseline: {agree}/{n} verdicts, label only {label_agree}/{n} labels")
+    if check:
+        say(f"numbers check ({check['inputs']} inputs, {dtype}, against one plain forward each): label distribution "
+            f"after 'Safety:' max |dP| ours {check['ours_label_prob_max_diff']:.2e}, stock forward batched "
+            f"{check['stock_batched_label_prob_max_diff']:.2e}; argmax agrees ours {check['ours_argmax_agree_label']:.0%}"
+            f" / {check['ours_argmax_agree_last']:.0%} (after 'Safety:' / at the input's end), stock batched "
+            f"{check['stock_batched_argmax_agree_label']:.0%} / {check['stock_batched_argmax_agree_last']:.0%}")  # fmt: skip
     say("")
     say("where the time goes")
     bt = base["seconds"]
@@ -308,7 +337,7 @@ def main() -> None:
         f"once per backend); first pass {ours.get('prefill_s', 0):.2f}s over {ours.get('rest_tokens', 0)} tokens "
         f"({ours.get('prefill_padded_tokens', 0)} padded); {ours.get('forwards', 0)} passes in all, the later ones "
         f"{ours.get('steps_s', 0):.2f}s; copying prefixes into batches {ours.get('stack_s', 0):.2f}s; escaping, "
-        f"rendering, tokenizing {ours.get('prepare_s', 0):.2f}s ({backend.prepare_workers} threads); the rest "
+        f"rendering, tokenizing {ours.get('prepare_s', 0):.2f}s; the rest "
         f"{max(ot - accounted, 0):.2f}s")  # fmt: skip
     ours_through = sum(ours.get(k, 0) for k in ("prefill_padded_tokens", "steps_padded_tokens", "group_tokens"))
     say(f"  token positions through the model (padding included): baseline {base_padded + n * (verdict_len - 1)}, "
@@ -345,9 +374,10 @@ def main() -> None:
         payload = {
             "args": vars(args), "shape": shape, "device": str(device), "params_body": body, "params_head": head,
             "inputs": n, "distinct": len(unique), "tokens": tokens, "results": results, "ours_stats": stats,
+            "stats_per_repeat": {name: [r[1] for r in runs[name]] for name in paths},
             "baseline_prefill_s": prefill_s, "baseline_padded_tokens": base_padded, "matmul_flops": rate,
             "roofline_s": {"dense": roofline(dense_tokens), "shared": roofline(shared_tokens)},
-            "no_eos": no_eos, "agreement": agree, "label_agreement": label_agree, "grpo_share": grpo_share,
+            "no_eos": no_eos, "exactness": check, "agreement": agree, "label_agreement": label_agree, "grpo_share": grpo_share,
         }  # fmt: skip
         Path(args.output).write_text(json.dumps(payload, indent=2, default=str))
     ours_pps, base_pps = results["ours"]["pairs_per_s"], base["pairs_per_s"]

@@ -28,11 +28,11 @@ import torch
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, Qwen3ForCausalLM
 
 from rewards import Qwen3GuardGen
-from rewards.guards.cpu_forward import supports
 from rewards.guards.gen_local import VerdictComplete, newline_counts
 from rewards.guards.kv_rows import KVRows, stack
 from rewards.guards.label_probs import LabelTokens, encode
 from rewards.guards.prefix_cache import extend
+from rewards.guards.rows_forward import supports
 from rewards.guards.verdict_decode import verdict_texts
 from tests._tiny import tiny_config
 from tests.conftest import GUARD_TEMPLATE
@@ -227,7 +227,7 @@ def test_free_decoding_matches_generate_with_rejected_drafts(guard_dir):
 def test_rows_from_different_prefixes_stack_exactly(guard_dir, scale):
     """Short chunks take one masked attention call, long ones (>= 64 tokens) the prefix + per-row causal split."""
     model = Qwen3ForCausalLM.from_pretrained(guard_dir).eval()
-    assert supports(model)  # our CPU forward pass (`rewards.guards.cpu_forward`) is what runs here
+    assert supports(model)  # our forward pass (`rewards.guards.rows_forward`) is what runs here
     rng = random.Random(3)
     shared = [rng.randrange(1000, 5000) for _ in range(30 * scale)]
     group = [shared + [rng.randrange(1000, 5000) for _ in range(n * scale)] for n in (12, 25)]

@@ -2,7 +2,7 @@
 
 Each check compares `prefix_cache.extend` (which runs the last layer that way) with a plain forward pass of the
 same tiny Qwen3 model over each row alone, for both paths (SDPA on the CPU: our own forward pass,
-`rewards.guards.cpu_forward`, with right-padded long chunks; eager: transformers' forward with its own 4-D mask and
+`rewards.guards.rows_forward`, with right-padded long chunks; eager: transformers' forward with its own 4-D mask and
 `last_layer.last_positions`), and follows up with passes on top of the returned state: the keys/values the
 shortened layer leaves in the cache must be every token's.
 """
@@ -16,8 +16,8 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from rewards.guards import last_layer
-from rewards.guards.cpu_forward import supports
 from rewards.guards.prefix_cache import extend
+from rewards.guards.rows_forward import supports
 from tests._tiny import tiny_config
 
 VOCAB = 512

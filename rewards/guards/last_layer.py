@@ -11,8 +11,8 @@ first pass; on the public 28- and 36-layer shapes about 3%.
 Each kept column is computed exactly as the full layer computes it (same modules, same rotary formula, the same
 attention over the same keys), so results equal the stock pass up to float summation order. Qwen3 layers only;
 an attention mask this module does not know (e.g. flash-attention's 2-D one) runs the stock layer and keeps the
-columns from its output. This is for transformers' own forward pass (a GPU, another dtype); on the CPU,
-`rewards.guards.cpu_forward` does the same inside its own pass.
+columns from its output. This is for transformers' own forward pass (eager attention, another dtype or model);
+where `rewards.guards.rows_forward` runs, it does the same inside its own pass.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ sequence); `extend` runs each row's remaining tokens on top. The result equals a
 alone up to float rounding (the tests check it).
 
 The slots, not the positions, order the cache: transformers builds the causal mask from the cache length and the
-2-D padding mask, and uses ``position_ids`` only for the rotary embedding. On the CPU a Qwen3 model runs our own
-forward pass instead (`rewards.guards.cpu_forward`: the same arithmetic with less work around it).
+2-D padding mask, and uses ``position_ids`` only for the rotary embedding. A Qwen3 model with SDPA runs our own
+forward pass instead (`rewards.guards.rows_forward`: the same arithmetic with less work around it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from rewards.guards import cpu_forward, last_layer
+from rewards.guards import last_layer, rows_forward
 from rewards.guards.kv_rows import KVRows, chunk_positions, extended
 from rewards.guards.lm_head import head_logits
 from rewards.guards.padding import left_pad
@@ -44,10 +44,10 @@ def extend(
     runs only at those tokens where it can (`rewards.guards.last_layer`). ``hidden`` (only where
     `last_layer.supports` the model): the final hidden states there instead, ``[rows, keep, hidden]``, for the
     caller to put through the LM head (`rewards.guards.lm_head.head_logits`) together with other batches'.
-    A Qwen3 model on the CPU runs `rewards.guards.cpu_forward`; any other model transformers' forward pass.
+    A Qwen3 model with SDPA runs `rewards.guards.rows_forward`; any other model transformers' forward pass.
     """
-    if cpu_forward.supports(model):
-        (new,), (out,) = cpu_forward.extend_batches(model, [state], [rows], [keep], pad_id=pad_id)
+    if rows_forward.supports(model):
+        (new,), (out,) = rows_forward.extend_batches(model, [state], [rows], [keep], pad_id=pad_id)
         return new, out if hidden else head_logits(model, out.flatten(0, 1)).unflatten(0, out.shape[:2])
     device = model.device
     ids, chunk_mask = left_pad(rows, pad_id, device)

@@ -1,28 +1,44 @@
-"""CPU attention for `KVRows` batches: causal work skipped, no key/value head copies.
+"""Attention for `KVRows` batches: no key/value head copies, and on the CPU the causal work skipped.
 
-A batch that `rewards.guards.cpu_forward` runs has a known layout: every row holds a prefix of cached slots (any of
+A batch that `rewards.guards.rows_forward` runs has a known layout: every row holds a prefix of cached slots (any of
 them may be padding) and a chunk of new tokens. Stock transformers turns that into one boolean
-``[rows, 1, chunk, slots]`` mask; torch's CPU flash kernel then computes every query against every key (a mask
-stops it from skipping the causal upper triangle) and, with a mask, transformers first copies the key/value heads
-up to the query heads (``repeat_kv``). Here, with the same kernel:
+``[rows, 1, chunk, slots]`` mask and, with a mask, first copies the key/value heads up to the query heads
+(``repeat_kv``: four copies of every cached key and value per layer and pass for the 4B guard's 32/8 heads). Here:
 
-* long chunks (the first pass over the inputs), padded on the right: the queries against the prefix (mask, no
-  causality), then the chunk against itself with ``is_causal`` (the kernel skips the blocks above the diagonal; a
-  top-left causal mask is each right-padded row's own), merged with the two log-sum-exps: softmax over the union
-  of the keys, rounding aside;
-* short chunks (decoding passes of a few tokens), padded on the left: one call with an additive mask;
-* key/value heads passed as they are (the kernel handles grouped-query attention itself).
+* on the CPU, with torch's CPU flash kernel (which takes grouped-query heads as they are): long chunks (the first
+  pass over the inputs), padded on the right, attend to the prefix (mask, no causality), then to themselves with
+  ``is_causal`` (the kernel skips the blocks above the diagonal, which a mask would stop it from doing; a top-left
+  causal mask is each right-padded row's own), merged with the two log-sum-exps: softmax over the union of the
+  keys, rounding aside. Short chunks (decoding passes of a few tokens), padded on the left: one masked call;
+* elsewhere (GPUs) one masked call per batch through PyTorch's SDPA, the query heads of each key/value head
+  stacked along the query axis (`grouped`): the same products as per-head attention, and the cache read as it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SPLIT_MIN = 64  # a chunk this long is split into prefix + per-row causal parts; shorter ones take one masked call
 flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+# The CPU's own flash kernel where the tensors live on the CPU. The tests set it False to run, on the CPU, the
+# `grouped` SDPA path that GPUs take.
+CPU_KERNEL = True
+# The SDPA kernels `grouped` may use on a GPU (None: PyTorch's choice). Left to itself PyTorch picks cuDNN's
+# attention on Hopper, which builds an execution plan for every new shape; a guard step's batches and passes all
+# have new shapes (every step brings new inputs), and bench_reward's first run paid seconds for it (see
+# docs/benchmarks.md). The memory-efficient kernel takes any shape and an additive mask as it is.
+GPU_KERNELS: list[SDPBackend] | None = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def cpu_kernel(device: torch.device) -> bool:
+    """Whether attention on ``device`` takes the CPU flash kernel (and long chunks split in two), else `grouped`."""
+    return CPU_KERNEL and device.type == "cpu"
 
 
 @dataclass
@@ -32,7 +48,14 @@ class RowsLayout:
     prefix: int  # cached slots before the chunk
     prefix_bias: torch.Tensor | None  # [rows, 1, 1, prefix], 0 where a slot is visible, -inf where not
     prefix_rows: list[bool]  # rows with at least one visible prefix slot
-    full_bias: torch.Tensor | None  # [rows, 1, chunk, prefix + chunk] for short chunks (one call), else None
+    full_bias: torch.Tensor | None  # [rows, 1, chunk, prefix + chunk] for one masked call, else None (split)
+    _grouped: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def grouped_bias(self, groups: int) -> torch.Tensor:
+        """`full_bias` repeated for ``groups`` query heads stacked per key/value head (made once per pass)."""
+        if groups not in self._grouped:
+            self._grouped[groups] = self.full_bias.repeat(1, 1, groups, 1) if groups > 1 else self.full_bias
+        return self._grouped[groups]
 
     def query_bias(self, index: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
         """The additive mask ``[rows, 1, keep, prefix + chunk]`` of the chunk columns ``index`` ``[rows, keep]``."""
@@ -60,17 +83,20 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: torch.dtype) -> RowsLayout:
     """The layout of one pass: ``state_mask`` ``[rows, prefix]`` (or None), ``chunk_mask`` ``[rows, chunk]``.
 
-    A chunk of at least `SPLIT_MIN` columns must be right-padded, a shorter one left-padded (`long_chunk`).
+    A chunk of at least `SPLIT_MIN` columns must be right-padded, a shorter one left-padded (`long_chunk`); the
+    split layout (no ``full_bias``) is for long chunks on the CPU (`cpu_kernel`), every other pass gets one mask.
 
     Example:
         >>> lay = layout(torch.tensor([[1, 0]]), torch.tensor([[0, 1, 1]]), torch.float32)  # short: one masked call
         >>> lay.full_bias.isfinite()[0, 0].int().tolist()  # chunk query x key (2 prefix slots, then the chunk)
-        [[1, 0, 0, 0, 0], [1, 0, 0, 1, 0], [1, 0, 0, 1, 1]]
+        [[1, 0, 1, 0, 0], [1, 0, 0, 1, 0], [1, 0, 0, 1, 1]]
+
+    (The padding query in front also sees itself, so that no query is left without a key.)
     """
     rows, width = chunk_mask.shape
     prefix = 0 if state_mask is None else state_mask.shape[1]
     visible = state_mask.bool() if state_mask is not None else chunk_mask.new_zeros(rows, 0, dtype=torch.bool)
-    if long_chunk(width):
+    if long_chunk(width) and cpu_kernel(chunk_mask.device):
         return RowsLayout(
             prefix=prefix,
             prefix_bias=additive(visible[:, None, None, :], dtype) if prefix else None,
@@ -78,7 +104,8 @@ def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: tor
             full_bias=None,
         )
     causal = torch.ones(width, width, dtype=torch.bool, device=chunk_mask.device).tril()
-    chunk = causal[None] & chunk_mask.bool()[:, None, :]
+    # a padding query also sees itself: no query is left with no key at all (whose softmax would be NaN)
+    chunk = causal[None] & (chunk_mask.bool()[:, None, :] | torch.eye(width, dtype=torch.bool, device=causal.device))
     full = torch.cat([visible[:, None, :].expand(rows, width, prefix), chunk], 2)
     return RowsLayout(prefix=prefix, prefix_bias=None, prefix_rows=[], full_bias=additive(full[:, None], dtype))
 
@@ -111,8 +138,9 @@ def attend(
         True
     """
     if lay.full_bias is not None:
-        out, *_ = flash_cpu(query, key, value, 0.0, False, attn_mask=lay.full_bias, scale=scaling)
-        return out.transpose(1, 2).contiguous()
+        if not cpu_kernel(query.device):
+            return grouped(query, key, value, lay.grouped_bias(query.shape[1] // key.shape[1]), scaling)
+        return masked(query, key, value, lay.full_bias, scaling)
     p0 = lay.prefix
     # right-padded rows: a top-left causal mask is each row's own; padding queries (at the end) are garbage
     own, own_lse, *_ = flash_cpu(query, key[:, :, p0:], value[:, :, p0:], 0.0, True, scale=scaling)
@@ -128,8 +156,50 @@ def attend(
     return out.to(query.dtype).transpose(1, 2).contiguous()
 
 
+def masked(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Attention of ``query`` over ``key``/``value`` (as in `attend`) under the additive mask ``bias``
+    ``[rows, 1, chunk, slots]``: ``[rows, chunk, heads, head_dim]``, contiguous."""
+    if cpu_kernel(query.device):
+        return flash_cpu(query, key, value, 0.0, False, attn_mask=bias, scale=scaling)[0].transpose(1, 2).contiguous()
+    groups = query.shape[1] // key.shape[1]
+    return grouped(query, key, value, bias.repeat(1, 1, groups, 1) if groups > 1 else bias, scaling)
+
+
+def grouped(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """`masked` through SDPA with the query heads of each key/value head stacked along the query axis.
+
+    Query head h reads key/value head ``h // groups`` (transformers' ``repeat_kv`` order), so the ``groups`` heads of
+    one key/value head become ``groups * chunk`` queries of one head: no copy of the cache, which on a GPU is the
+    large operand (SDPA's own grouped-query support takes no mask on the kernels that take one). ``bias`` is the
+    mask repeated ``groups`` times along its query axis, ``[rows, 1, groups * chunk, slots]`` (made once per pass
+    and shared by the layers: ``groups`` x rows x chunk x slots x 2 bytes in bf16, e.g. 0.7 GB for a first-pass
+    batch of the bench's 4B shape).
+
+    Example (against per-head attention over copied key/value heads):
+        >>> _ = torch.manual_seed(0)
+        >>> query, key, value = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+        >>> bias = additive(torch.rand(2, 1, 3, 5) > 0.3, torch.float32).clamp(min=-1e4)  # finite: no empty row
+        >>> out = grouped(query, key, value, bias.repeat(1, 1, 2, 1), 8**-0.5)
+        >>> ref = torch.nn.functional.scaled_dot_product_attention(
+        ...     query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), bias, scale=8**-0.5)
+        >>> torch.allclose(out, ref.transpose(1, 2), atol=1e-6)
+        True
+    """
+    rows, heads, width, dim = query.shape
+    kv = key.shape[1]
+    stacked = query.reshape(rows, kv, heads // kv * width, dim)
+    with sdpa_kernel(GPU_KERNELS) if GPU_KERNELS and query.device.type != "cpu" else nullcontext():
+        out = F.scaled_dot_product_attention(stacked, key, value, attn_mask=bias, scale=scaling)
+    return out.view(rows, kv, heads // kv, width, dim).permute(0, 3, 1, 2, 4).reshape(rows, width, heads, dim)
+
+
 def supports(model: Any) -> bool:
-    """Whether this attention applies: a Qwen3 model on the CPU, with SDPA and full attention in every layer.
+    """Whether this attention applies: a Qwen3 model with SDPA and full attention in every layer, in float32 or
+    bfloat16.
 
     Example:
         >>> from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -143,8 +213,7 @@ def supports(model: Any) -> bool:
     """
     config = model.config
     return (
-        model.device.type == "cpu"
-        and config.model_type == "qwen3"
+        config.model_type == "qwen3"
         and config._attn_implementation == "sdpa"
         and all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
         and model.dtype in (torch.float32, torch.bfloat16)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from rewards.guards import cpu_forward, last_layer
+from rewards.guards import last_layer, rows_forward
 from rewards.guards.kv_rows import KVRows
 from rewards.guards.label_probs import SAFETY_PREFIX, LabelTokens, encode
 from rewards.guards.lm_head import head_logits
@@ -151,7 +151,7 @@ class VerdictDecoder:
             self.labels = None  # no label distribution, no label-only stop; decoding itself is unaffected
         self.drafters = {r: VerdictDrafter(tokenizer, response=r) for r in (False, True)}
         self.split_head = last_layer.supports(model)  # layers per batch, one LM-head call for all batches
-        self.merged = cpu_forward.supports(model)  # short passes of all batches through one set of products
+        self.merged = rows_forward.supports(model)  # short passes of all batches through one set of products
         self.stats: Counter = Counter()  # forwards, fed/padded tokens, seconds in the first pass and in the others
 
     def new_row(self, context: list[int], response: bool) -> RowState:
@@ -226,8 +226,8 @@ class VerdictDecoder:
         (hidden states where the LM head runs apart, else logits)."""
         keeps = [max(len(d) for d in b.drafts) + 1 for b in live]
         feeds = [b.feeds for b in live]
-        if self.merged and cpu_forward.fits(feeds):
-            states, outs = cpu_forward.extend_batches(
+        if self.merged and rows_forward.fits(feeds):
+            states, outs = rows_forward.extend_batches(
                 self.model, [b.state for b in live], feeds, keeps, pad_id=self.pad_id
             )
             for b, state in zip(live, states, strict=True):

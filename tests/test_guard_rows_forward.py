@@ -1,4 +1,4 @@
-"""Several batches' decoding passes in one set of products (`rewards.guards.cpu_forward`), and states extended in
+"""Several batches' decoding passes in one set of products (`rewards.guards.rows_forward`), and states extended in
 place (`prefix_cache.stack(..., room=n)`, `KVRows.append`).
 
 Every check compares with a plain forward pass of the same tiny Qwen3 model over each row alone (its own tokens
@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
-from rewards.guards import cpu_forward
+from rewards.guards import rows_forward, slot_attention
 from rewards.guards.kv_rows import KVRows, stack
 from rewards.guards.lm_head import head_logits
 from rewards.guards.prefix_cache import extend
@@ -32,13 +32,17 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+@pytest.fixture(scope="module", params=["sdpa", "sdpa-grouped", "eager"])
 def model(request, model_dir):
-    """sdpa: our CPU forward pass; eager: transformers' forward, whose cache layers write into the spare slots
-    (`KVRows.cache`), as on a GPU."""
-    loaded = Qwen3ForCausalLM.from_pretrained(model_dir, attn_implementation=request.param).eval()
-    assert cpu_forward.supports(loaded) == (request.param == "sdpa")
-    return loaded
+    """sdpa: our forward pass with the CPU flash kernel; sdpa-grouped: our forward pass with the attention GPUs
+    take (`slot_attention.grouped`: one masked SDPA call, query heads stacked per key/value head), run here on the
+    CPU; eager: transformers' forward, whose cache layers write into the spare slots (`KVRows.cache`)."""
+    implementation = request.param.split("-")[0]
+    loaded = Qwen3ForCausalLM.from_pretrained(model_dir, attn_implementation=implementation).eval()
+    assert rows_forward.supports(loaded) == (implementation == "sdpa")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(slot_attention, "CPU_KERNEL", request.param != "sdpa-grouped")
+        yield loaded
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +71,13 @@ def batch(model, rng: random.Random, prefix_len: int, lengths: list[int], spare:
     return state, [prefix + x for x in inputs]
 
 
-@pytest.mark.parametrize("piece", [cpu_forward.PIECE, 7], ids=["whole", "in-pieces"])
+@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["cpu-kernel", "grouped-sdpa"])
+@pytest.mark.parametrize("piece", [rows_forward.PIECE, 7], ids=["whole", "in-pieces"])
 @torch.inference_mode()
-def test_batches_in_one_pass_equal_each_row_alone(cpu_model, piece, monkeypatch):
-    model = cpu_model  # several batches in one pass: our CPU forward only
-    monkeypatch.setattr(cpu_forward, "PIECE", piece)  # per-token work in pieces of 7 tokens: same results
+def test_batches_in_one_pass_equal_each_row_alone(cpu_model, piece, cpu_kernel, monkeypatch):
+    model = cpu_model  # several batches in one pass: our forward only
+    monkeypatch.setattr(rows_forward, "PIECE", piece)  # per-token work in pieces of 7 tokens: same results
+    monkeypatch.setattr(slot_attention, "CPU_KERNEL", cpu_kernel)  # grouped-sdpa: the attention GPUs run
     rng = random.Random(0)
     built = [batch(model, rng, p, lengths, spare=40) for p, lengths in ((7, [70, 90]), (12, [5, 9, 3]), (3, [30]))]
     states = [s for s, _ in built]
@@ -80,7 +86,7 @@ def test_batches_in_one_pass_equal_each_row_alone(cpu_model, piece, monkeypatch)
     histories[1][0] = histories[1][0][:-2]
     feeds = [tokens(rng, [3, 1]), tokens(rng, [2, 4, 4]), tokens(rng, [1])]
     keeps = [3, 4, 1]
-    new, hidden = cpu_forward.extend_batches(model, states, feeds, keeps, pad_id=0)
+    new, hidden = rows_forward.extend_batches(model, states, feeds, keeps, pad_id=0)
     for b in range(3):
         assert new[b].buffers is not None and states[b].buffers is None  # handed on, written in place
         assert new[b].keys[0].data_ptr() == new[b].buffers[0][0].data_ptr()
@@ -91,7 +97,7 @@ def test_batches_in_one_pass_equal_each_row_alone(cpu_model, piece, monkeypatch)
             torch.testing.assert_close(logits[row, -n:], plain(model, histories[b][row], n), **TOL)
     # a second merged pass reads the keys/values the first one wrote into the spare slots
     more = [tokens(rng, [1, 2]), tokens(rng, [2, 1, 1]), tokens(rng, [2])]
-    _, hidden = cpu_forward.extend_batches(model, new, more, [1, 1, 1], pad_id=0)
+    _, hidden = rows_forward.extend_batches(model, new, more, [1, 1, 1], pad_id=0)
     for b in range(3):
         logits = head_logits(model, hidden[b][:, -1])
         for row, feed in enumerate(more[b]):
@@ -137,8 +143,8 @@ def test_select_keeps_the_room(model):
 
 
 def test_fits_only_short_chunks():
-    assert cpu_forward.fits([[[1, 2, 3]], [[4]]])
-    assert not cpu_forward.fits([[[1] * 64]])
+    assert rows_forward.fits([[[1, 2, 3]], [[4]]])
+    assert not rows_forward.fits([[[1] * 64]])
 
 
 @torch.inference_mode()

@@ -1,15 +1,16 @@
-"""A Qwen3 forward pass over `KVRows` batches on the CPU: the guard's passes without transformers' generic path.
+"""A Qwen3 forward pass over `KVRows` batches: the guard's passes without transformers' generic path.
 
-`rewards.guards.prefix_cache.extend` runs here where `supports` holds (a Qwen3 model on the CPU); it is the same
-layer arithmetic with less work around it:
+`rewards.guards.prefix_cache.extend` runs here where `supports` holds (a Qwen3 model with SDPA, CPU or GPU); it is
+the same layer arithmetic with less work around it:
 
-* attention knows the batch layout (`rewards.guards.slot_attention`): the causal half of long chunks skipped,
-  key/value heads never copied;
+* attention knows the batch layout (`rewards.guards.slot_attention`): key/value heads never copied, and on the CPU
+  the causal half of long chunks skipped;
 * the last layer computes queries, attention and MLP only at the columns whose scores are read (as
   `rewards.guards.last_layer` does for transformers' own forward);
 * new keys/values go into the state's spare slots (`KVRows.append`) instead of a concatenated copy;
 * several batches' decoding passes (a handful of new tokens per row each) run as one: their tokens share every
-  projection, norm and MLP; only attention runs per batch, on the batch's own state;
+  projection, norm and MLP; only attention runs per batch, on the batch's own state (on a GPU this also divides the
+  kernel launches of those passes, which bound them there, by the number of batches);
 * element-wise work done with fewer passes over memory: torch's fused RMSNorm kernel, the rotary embedding on
   halves of each head instead of a rotated copy, SiLU and the gate product in place.
 
@@ -30,12 +31,14 @@ import torch.nn.functional as F
 from rewards.guards import last_layer, slot_attention
 from rewards.guards.kv_rows import KVRows, chunk_positions, extended
 from rewards.guards.padding import pad
-from rewards.guards.slot_attention import RowsLayout, attend, flash_cpu, layout, long_chunk
+from rewards.guards.slot_attention import RowsLayout, attend, layout, long_chunk, masked
 
-# Per-token work (norms, projections, MLP) runs this many tokens at a time: the intermediates stay in cache and
-# reuse memory instead of fresh pages (the bench shape's MLP alone over 16k tokens: 12-15% faster, the same values;
-# the bench's first-pass batches are mostly 2-4k tokens, where it changes little).
+# Per-token work (norms, projections, MLP) runs this many tokens at a time: on the CPU the intermediates stay in
+# cache and reuse memory instead of fresh pages (the bench shape's MLP alone over 16k tokens: 12-15% faster, the
+# same values; the bench's first-pass batches are mostly 2-4k tokens, where it changes little). On a GPU pieces only
+# bound the intermediates' memory; large ones keep its matrix units busy.
 PIECE = 2048
+PIECE_GPU = 16384
 
 
 def supports(model: Any) -> bool:
@@ -91,9 +94,10 @@ def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     return mlp.down_proj(F.silu(gate, inplace=True).mul_(mlp.up_proj(x)))
 
 
-def _pieces(n: int) -> list[slice]:
-    """Token ranges of at most `PIECE` tokens covering ``n``."""
-    return [slice(s, min(s + PIECE, n)) for s in range(0, n, PIECE)]
+def _pieces(h: torch.Tensor) -> list[slice]:
+    """Token ranges covering the rows of ``h``: `PIECE` tokens at a time on the CPU, `PIECE_GPU` elsewhere."""
+    n, piece = len(h), PIECE if h.device.type == "cpu" else PIECE_GPU
+    return [slice(s, min(s + piece, n)) for s in range(0, n, piece)]
 
 
 def _project(
@@ -104,7 +108,7 @@ def _project(
     key = h.new_empty(len(h), attn.config.num_key_value_heads, attn.head_dim)
     value = torch.empty_like(key)
     query = h.new_empty(len(h), attn.config.num_attention_heads, attn.head_dim) if queries else None
-    for s in _pieces(len(h)):
+    for s in _pieces(h):
         x = _norm(layer.input_layernorm, h[s])
         key[s] = _rotate(_norm(attn.k_norm, _heads(attn.k_proj(x), attn.head_dim)), cos[s], sin[s])
         value[s] = _heads(attn.v_proj(x), attn.head_dim)
@@ -115,7 +119,7 @@ def _project(
 
 def _finish(layer: Any, h: torch.Tensor, attended: torch.Tensor) -> None:
     """The rest of the layer, in place on ``h``: output projection and residual, then the MLP and residual."""
-    for s in _pieces(len(h)):
+    for s in _pieces(h):
         x = h[s] + layer.self_attn.o_proj(attended[s])
         h[s] = x + _mlp(layer.mlp, _norm(layer.post_attention_layernorm, x))
 
@@ -205,8 +209,7 @@ def extend_batches(
             q = query[qstart : qstart + b.rows * width].view(b.rows, width, *query.shape[1:]).transpose(1, 2)
             qstart += b.rows * width
             if last:
-                bias = b.layout.query_bias(b.index, b.width, q.dtype)
-                out = flash_cpu(q, k, v, 0.0, False, attn_mask=bias, scale=attn.scaling)[0].transpose(1, 2)
+                out = masked(q, k, v, b.layout.query_bias(b.index, b.width, q.dtype), attn.scaling)
             else:
                 out = attend(q, k, v, b.layout, attn.scaling)
             outs.append(out.reshape(b.rows * width, -1))
