@@ -240,16 +240,19 @@ def exactness(model, tok, ids: list[list[int]], *, pad_id: int) -> dict[str, flo
     labels = LabelTokens.from_tokenizer(tok)
     safety = list(labels.prefix)
     plain_last, plain_label = [], []
+    # scores kept at the input's last token and after each token of "Safety:" only: the whole vocabulary at every
+    # position of 16 inputs of ~1k tokens would be ~16 GB in float32
+    tail = len(safety) + 1
     for row in ids:
-        logits = model(torch.tensor([row + safety], device=model.device)).logits[0]
-        plain_last.append(logits[len(row) - 1])
+        logits = model(torch.tensor([row + safety], device=model.device), logits_to_keep=tail).logits[0]
+        plain_last.append(logits[0])
         plain_label.append(logits[-1])
     state, last = extend(model, None, ids, pad_id=pad_id, keep=1)
     _, label = extend(model, state, [safety] * len(ids), pad_id=pad_id, keep=1)
     padded, mask = left_pad([row + safety for row in ids], pad_id, model.device)
-    stock = model(input_ids=padded, attention_mask=mask).logits
+    stock = model(input_ids=padded, attention_mask=mask, logits_to_keep=tail).logits
     stock_label = [stock[i, -1] for i in range(len(ids))]
-    stock_last = [stock[i, -1 - len(safety)] for i in range(len(ids))]
+    stock_last = [stock[i, 0] for i in range(len(ids))]
 
     def agree(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         return sum(int(x.argmax() == y.argmax()) for x, y in zip(a, b, strict=True)) / len(a)
