@@ -176,6 +176,7 @@ class GuardPrompt:
         decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
         self.byte_level = type(decoder).__name__ == "ByteLevel"
         self._pool: ThreadPoolExecutor | None = None  # `_encode_many`'s threads, made on first use
+        self._pool_pid = 0  # the process that made them
 
     # -- template ---------------------------------------------------------------------------------------------
     def _apply(self, messages: Sequence[dict[str, Any]]) -> str:
@@ -273,8 +274,11 @@ class GuardPrompt:
         workers = min(8, os.cpu_count() or 1)
         if backend is None or backend.truncation is not None or backend.padding is not None or len(texts) < 16:
             return [list(i) for i in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-        if self._pool is None:
+        if self._pool is None or self._pool_pid != os.getpid():
+            # a forked child (data-loader workers, Ray) inherits the pool object but none of its threads: work sent
+            # to it would wait forever, so the child makes its own
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="guard-tokenize")
+            self._pool_pid = os.getpid()
         step = -(-len(texts) // workers)
         shares = self._pool.map(
             lambda part: backend.encode_batch(part, add_special_tokens=False),

@@ -1,5 +1,8 @@
 """What the guard reads: template-driven rendering, injection safety with the real Qwen3 tokenizer, truncation."""
 
+import multiprocessing
+import sys
+
 import pytest
 
 from rewards.guard_prompt import ELLIPSIS, ContentEscaper, GuardPrompt, escape_conversation
@@ -198,3 +201,26 @@ def test_prepare_many_matches_prepare_one_by_one(guard_tokenizer):
                 prompt.prepare(conv)
         else:
             assert prepared == prompt.prepare(conv)
+
+
+def _prepare_in_child(prompt, convs, queue):
+    queue.put([p.input_ids for p in prompt.prepare_many(convs)])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_prepare_many_in_a_forked_child(guard_tokenizer):
+    """A process forked after the tokenizing threads started (data-loader workers do this) gets its own threads."""
+    prompt = GuardPrompt(guard_tokenizer)
+    convs = [[{"role": "user", "content": f"question number {i}"}] for i in range(40)]
+    expected = [p.input_ids for p in prompt.prepare_many(convs)]
+    assert prompt._pool is not None
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_prepare_in_child, args=(prompt, convs, queue))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == expected  # the inherited pool has no threads: it would never answer
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
