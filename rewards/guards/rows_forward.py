@@ -42,15 +42,22 @@ PIECE_GPU = 16384
 
 
 def supports(model: Any) -> bool:
-    """Whether this forward pass applies: where both the slot attention and the shortened last layer do.
+    """Whether this forward pass applies: where both the slot attention and the shortened last layer do, on a
+    model whose weights sit on one device (a model split over devices by ``device_map`` runs transformers' forward,
+    whose hooks move activations between them).
 
     Example:
         >>> from transformers import Qwen3Config, Qwen3ForCausalLM
-        >>> supports(Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64,
-        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16)))
+        >>> model = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+        >>> supports(model)
         True
+        >>> model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 1, "lm_head": 1}  # as accelerate sets it
+        >>> supports(model)
+        False
     """
-    return slot_attention.supports(model) and last_layer.supports(model)
+    devices = set((getattr(model, "hf_device_map", None) or {}).values())
+    return len(devices) <= 1 and slot_attention.supports(model) and last_layer.supports(model)
 
 
 def fits(feeds: Sequence[Sequence[Sequence[int]]]) -> bool:
