@@ -112,8 +112,8 @@ class LocalGenBackend:
     ``logits_processor`` (a transformers ``LogitsProcessor`` or list) is
     applied wherever the decoder reads next-token scores, as ``generate`` would apply it (benchmarks force a fixed
     verdict on random-weight models with it) and sees the last ``processor_context`` input tokens (None: all).
-    Inputs are rendered one by one and tokenized in one batched call (`GuardPrompt.prepare_many`). ``stats``
-    accumulates tokens and seconds per phase.
+    Inputs are rendered in the calling thread and tokenized on a few threads sharing the tokenizer's encoder
+    (`GuardPrompt.prepare_many`). ``stats`` accumulates tokens and seconds per phase.
     """
 
     def __init__(
