@@ -37,7 +37,12 @@ GPU_KERNELS: list[SDPBackend] | None = [SDPBackend.EFFICIENT_ATTENTION, SDPBacke
 
 
 def cpu_kernel(device: torch.device) -> bool:
-    """Whether attention on ``device`` takes the CPU flash kernel (and long chunks split in two), else `grouped`."""
+    """Whether attention on ``device`` takes the CPU flash kernel (and long chunks split in two), else `grouped`.
+
+    Example:
+        >>> cpu_kernel(torch.device("cpu")), cpu_kernel(torch.device("cuda"))
+        (True, False)
+    """
     return CPU_KERNEL and device.type == "cpu"
 
 
@@ -160,7 +165,17 @@ def masked(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scaling: float
 ) -> torch.Tensor:
     """Attention of ``query`` over ``key``/``value`` (as in `attend`) under the additive mask ``bias``
-    ``[rows, 1, chunk, slots]``: ``[rows, chunk, heads, head_dim]``, contiguous."""
+    ``[rows, 1, chunk, slots]``: ``[rows, chunk, heads, head_dim]``, contiguous.
+
+    Example (against SDPA over copied key/value heads):
+        >>> _ = torch.manual_seed(0)
+        >>> query, key, value = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+        >>> bias = additive(torch.tensor([True, True, False, True, True]).expand(1, 1, 3, 5), torch.float32)
+        >>> ref = torch.nn.functional.scaled_dot_product_attention(
+        ...     query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), bias, scale=8**-0.5)
+        >>> torch.allclose(masked(query, key, value, bias, 8**-0.5), ref.transpose(1, 2), atol=1e-6)
+        True
+    """
     if cpu_kernel(query.device):
         return flash_cpu(query, key, value, 0.0, False, attn_mask=bias, scale=scaling)[0].transpose(1, 2).contiguous()
     groups = query.shape[1] // key.shape[1]
