@@ -28,7 +28,7 @@ import torch
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, Qwen3ForCausalLM
 
 from rewards import Qwen3GuardGen
-from rewards.guards.gen_local import VerdictComplete, newline_counts
+from rewards.guards.gen_local import LocalGenBackend, VerdictComplete, newline_counts
 from rewards.guards.kv_rows import KVRows, stack
 from rewards.guards.label_probs import LabelTokens, encode
 from rewards.guards.prefix_cache import extend
@@ -220,6 +220,36 @@ def test_free_decoding_matches_generate_with_rejected_drafts(guard_dir):
     ours = guard.moderate(convs)
     agreement([v.raw for v in ours], plain_generate(guard.backend, convs), "free text")
     assert all(not v.ok for v in ours)  # babble is a counted failure, never "Safe"
+
+
+def test_memory_kept_between_calls_changes_nothing(guard_dir):
+    """On the CPU each wave's key/value buffers, the states rows are copied into when others leave (prompts need 2
+    lines, answers 3), and the LM head's scores come from memory kept between calls (`rewards.guards.workspace`):
+    the same verdicts and probabilities as fresh memory gives, on calls that reuse it. (Float rounding only: two
+    backends on the same weights differ by ~1e-7 anyway, the BLAS's order of summation depending on where the
+    operands lie; views that overlapped would corrupt whole key/value rows.)"""
+    convs = conversations(20, seed=4)
+
+    def backend(workspace_bytes: int) -> LocalGenBackend:
+        b = LocalGenBackend(model=str(guard_dir), batch_size=8, max_wave_tokens=4096, workspace_bytes=workspace_bytes)
+        b.logits_processor = VerdictFormat(b.tokenizer)
+        return b
+
+    def same(ours: list, theirs: list) -> None:
+        agreement([v.raw for v in ours], [v.raw for v in theirs], "verdicts")
+        worst = max(abs(a.probs[k] - b.probs[k]) for a, b in zip(ours, theirs, strict=True) for k in a.probs)
+        assert worst < 1e-5, worst
+
+    fresh, kept = backend(0), backend(1 << 30)
+    expected, expected_labels = fresh.moderate(convs), fresh.moderate_safety(convs)
+    assert fresh.workspace.held_bytes() == 0
+    assert len({v.raw for v in expected}) > 3 and all(v.ok for v in expected)
+    same(kept.moderate(convs), expected)  # several waves: those after the first reuse the first's memory
+    reused = kept.workspace.reused_bytes
+    assert reused > 0 and kept.workspace.held_bytes() > 0
+    same(kept.moderate(convs), expected)
+    same(kept.moderate_safety(convs), expected_labels)
+    assert kept.workspace.reused_bytes > 2 * reused
 
 
 @pytest.mark.parametrize("scale", [1, 8], ids=["short-chunks", "long-chunks"])

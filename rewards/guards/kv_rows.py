@@ -13,13 +13,20 @@ valid keys/values but no room, so extending it again (a second continuation) con
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+# Makes an uninitialised tensor of a shape with the dtype and device of a given one (`rewards.guards.workspace`).
+Empty = Callable[[Sequence[int], torch.Tensor], torch.Tensor]
+
+
+def new_empty(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(shape)
 
 
 @dataclass
@@ -46,14 +53,18 @@ class KVRows:
         """Spare slots after the used ones (0 without buffers)."""
         return self.buffers[0][0].shape[2] - self.slots if self.buffers else 0
 
-    def select(self, index: torch.Tensor | Sequence[int]) -> KVRows:
-        """The given rows (repeats allowed), as new tensors (with the same room): the source can be reused afterwards."""
+    def select(self, index: torch.Tensor | Sequence[int], empty: Empty = new_empty) -> KVRows:
+        """The given rows (repeats allowed), as new tensors (with the same room) made by ``empty``: the source can
+        be reused afterwards."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.mask.device)
         mask, next_pos = self.mask.index_select(0, index), self.next_pos.index_select(0, index)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return torch.index_select(t, 0, index, out=empty((len(index), *t.shape[1:]), t))
+
         if self.buffers is None:
-            keys = [k.index_select(0, index) for k in self.keys]
-            return KVRows(keys, [v.index_select(0, index) for v in self.values], mask, next_pos)
-        buffers = tuple([b.index_select(0, index) for b in part] for part in self.buffers)
+            return KVRows([pick(k) for k in self.keys], [pick(v) for v in self.values], mask, next_pos)
+        buffers = tuple([pick(b) for b in part] for part in self.buffers)
         return KVRows(*_views(buffers, self.slots), mask, next_pos, buffers)
 
     def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,14 +160,15 @@ def _pick(src: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch
     return src.view(-1, dim).index_select(0, flat.flatten()).view(rows, heads, slots, dim)
 
 
-def stack(parts: Sequence[tuple[KVRows, Sequence[int]]], *, room: int = 0) -> KVRows:
+def stack(parts: Sequence[tuple[KVRows, Sequence[int]]], *, room: int = 0, empty: Empty = new_empty) -> KVRows:
     """Rows taken from several states (``(state, row indices)`` pairs): each row's visible slots, in order and
     aligned on the last slot, with its masked ones (padding of the states it came from) left out; one copy.
 
     The order of cached slots matters to nothing but the mask (their positions are in the keys already), so a row
     may lose its gaps: attention then spends no work on them. The slots before a shorter row's own hold copies of
     its keys (masked, and finite, as a masked slot must be: its score is -inf only if the key is finite). ``room``:
-    spare slots after them, for the passes that extend the result (see the module docstring).
+    spare slots after them, for the passes that extend the result (see the module docstring). ``empty`` makes the
+    key/value buffers.
 
     Example:
         >>> state = KVRows([torch.arange(4.0).view(1, 1, 4, 1)], [torch.zeros(1, 1, 4, 1)],
@@ -175,8 +187,8 @@ def stack(parts: Sequence[tuple[KVRows, Sequence[int]]], *, room: int = 0) -> KV
     rows = sum(len(index) for _, index, _, _ in picked)
     first = parts[0][0]
     buffers = (
-        [k.new_empty(rows, k.shape[1], slots + room, k.shape[3]) for k in first.keys],
-        [v.new_empty(rows, v.shape[1], slots + room, v.shape[3]) for v in first.values],
+        [empty((rows, k.shape[1], slots + room, k.shape[3]), k) for k in first.keys],
+        [empty((rows, v.shape[1], slots + room, v.shape[3]), v) for v in first.values],
     )
     mask = first.mask.new_empty(rows, slots)
     next_pos = first.next_pos.new_empty(rows)

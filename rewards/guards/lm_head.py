@@ -16,8 +16,9 @@ import torch
 BLOCK = 1024
 
 
-def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """``model.get_output_embeddings()(hidden)`` for ``hidden`` ``[positions, hidden_size]``: ``[positions, vocab]``.
+def head_logits(model: Any, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``model.get_output_embeddings()(hidden)`` for ``hidden`` ``[positions, hidden_size]``: ``[positions, vocab]``,
+    written into ``out`` where the blocked CPU product runs (a buffer kept between calls: no fresh pages).
 
     Example:
         >>> import torch
@@ -35,7 +36,8 @@ def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     weight = head.weight
     if torch.is_grad_enabled() and (weight.requires_grad or hidden.requires_grad):
         return head(hidden)  # ``out=`` has no gradient
-    out = hidden.new_empty(hidden.shape[0], weight.shape[0])
+    if out is None:
+        out = hidden.new_empty(hidden.shape[0], weight.shape[0])
     for start in range(0, weight.shape[0], BLOCK):
         torch.mm(hidden, weight[start : start + BLOCK].T, out=out[:, start : start + BLOCK])
     return out
