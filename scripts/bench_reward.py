@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -228,13 +229,15 @@ def main() -> None:
     outputs: dict[str, Any] = {}
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {k: [] for k in paths}
     cpu_seconds: dict[str, list[float]] = {k: [] for k in paths}  # this process's CPU time: robust to other load
+    faults: dict[str, list[int]] = {k: [] for k in paths}  # minor page faults: fresh memory the kernel maps in
     for r in range(args.repeats):
         names = list(paths)
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no path always runs first
             backend.stats.clear()
-            c0 = time.process_time()
+            c0, f0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t, outputs[name] = timed(paths[name], device)
             cpu_seconds[name].append(time.process_time() - c0)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
             seconds[name].append(t)
             runs[name].append((t, dict(backend.stats)))
         print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()), flush=True)
@@ -315,8 +318,13 @@ def main() -> None:
             f"{cpu['baseline'] / cpu['ours']:.2f}x, label only {cpu['baseline'] / cpu['ours_label_only']:.2f}x; "
             f"by best wall time ours {best['baseline'] / best['ours']:.2f}x, label only "
             f"{best['baseline'] / best['ours_label_only']:.2f}x")  # fmt: skip
+        say(
+            "  minor page faults per call (median): "
+            + ", ".join(f"{k} {statistics.median(v):,.0f}" for k, v in faults.items())
+        )
         for name in paths:
             results[name]["cpu_seconds_all"] = cpu_seconds[name]
+            results[name]["minor_faults_all"] = faults[name]
     say(f"agreement with the baseline: {agree}/{n} verdicts, label only {label_agree}/{n} labels")
     if check:
         say(f"numbers check ({check['inputs']} inputs, {dtype}, against one plain forward each): label distribution "
