@@ -13,7 +13,7 @@ valid keys/values but no room, so extending it again (a second continuation) con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-# Makes an uninitialised tensor of a shape with the dtype and device of a given one (`rewards.guards.workspace`).
-Empty = Callable[[Sequence[int], torch.Tensor], torch.Tensor]
-
-
-def new_empty(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    return like.new_empty(shape)
+from rewards.guards.workspace import Empty, new_empty
 
 
 @dataclass

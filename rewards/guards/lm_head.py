@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 
+from rewards.guards.workspace import Empty, new_empty
+
 BLOCK = 1024
 
 
-def head_logits(model: Any, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def head_logits(model: Any, hidden: torch.Tensor, empty: Empty = new_empty) -> torch.Tensor:
     """``model.get_output_embeddings()(hidden)`` for ``hidden`` ``[positions, hidden_size]``: ``[positions, vocab]``,
-    written into ``out`` where the blocked CPU product runs (a buffer kept between calls: no fresh pages).
+    into a tensor ``empty`` makes where the blocked CPU product runs (e.g. a `rewards.guards.workspace` view).
 
     Example:
         >>> import torch
@@ -36,8 +38,7 @@ def head_logits(model: Any, hidden: torch.Tensor, out: torch.Tensor | None = Non
     weight = head.weight
     if torch.is_grad_enabled() and (weight.requires_grad or hidden.requires_grad):
         return head(hidden)  # ``out=`` has no gradient
-    if out is None:
-        out = hidden.new_empty(hidden.shape[0], weight.shape[0])
+    out = empty((hidden.shape[0], weight.shape[0]), hidden)
     for start in range(0, weight.shape[0], BLOCK):
         torch.mm(hidden, weight[start : start + BLOCK].T, out=out[:, start : start + BLOCK])
     return out

@@ -18,6 +18,7 @@ guard starts with ``Safety:`` as it always does: one forward pass per input. The
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections import Counter
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from rewards.guards import last_layer, rows_forward
-from rewards.guards.kv_rows import KVRows, new_empty
+from rewards.guards.kv_rows import KVRows
 from rewards.guards.label_probs import SAFETY_PREFIX, LabelTokens, encode
 from rewards.guards.lm_head import head_logits
 from rewards.guards.padding import left_pad
@@ -153,9 +154,9 @@ class VerdictDecoder:
             self.labels = None  # no label distribution, no label-only stop; decoding itself is unaffected
         self.drafters = {r: VerdictDrafter(tokenizer, response=r) for r in (False, True)}
         self.split_head = last_layer.supports(model)  # layers per batch, one LM-head call for all batches
-        # where rows' states are copied when some leave, and the LM head's scores go (see `rewards.guards.workspace`)
-        self.workspace = workspace
-        self.vocab = getattr(model.get_output_embeddings(), "out_features", None)
+        # where rows' states are copied when some leave, and the LM head's scores go (none: plain allocations)
+        self.workspace = workspace or Workspace(0)
+        self._scores_buffer = functools.partial(self.workspace.scratch, "logits")  # valid until the next pass
         self.merged = rows_forward.supports(model)  # short passes of all batches through one set of products
         self.stats: Counter = Counter()  # forwards, fed/padded tokens, seconds in the first pass and in the others
 
@@ -216,7 +217,7 @@ class VerdictDecoder:
                         b.state.drop_last_slots(n, len(draft) - j)
                         survivors.append(n)
                 if len(survivors) < len(b.active) and survivors:
-                    b.state = b.state.select(survivors, self.workspace.empty if self.workspace else new_empty)
+                    b.state = b.state.select(survivors, self.workspace.empty)
                 b.active = [b.active[n] for n in survivors]
                 b.drafts = [b.rows[i].drafter.draft(b.rows[i].generated) for i in b.active]
                 b.feeds = [[b.rows[i].pending, *b.drafts[n]] for n, i in enumerate(b.active)]
@@ -259,13 +260,7 @@ class VerdictDecoder:
         step is scored, `PROCESSOR_ROWS` positions per call, with the ids ``generate`` would pass there (input +
         generated + the draft so far; shorter rows padded on the left, as ``generate`` pads).
         """
-        if self.split_head:
-            out = None
-            if self.workspace is not None and self.vocab is not None:  # valid until the next pass's scores
-                out = self.workspace.scratch("logits", (len(reads), self.vocab), reads)
-            logits = head_logits(self.model, reads, out)
-        else:
-            logits = reads
+        logits = head_logits(self.model, reads, self._scores_buffer) if self.split_head else reads
         self.stats["head_calls"] += 1
         if self.logits_processor is None:
             return logits, logits.argmax(-1).tolist()

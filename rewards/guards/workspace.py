@@ -19,12 +19,25 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 
 ALIGN = 64  # bytes; every view starts on a cache line (and on its dtype's size)
+
+# Makes an uninitialised tensor of a shape with the dtype and device of a given one: `new_empty`, `Workspace.empty`.
+Empty = Callable[[Sequence[int], torch.Tensor], torch.Tensor]
+
+
+def new_empty(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """A plain allocation (the `Empty` used where no workspace is given).
+
+    Example:
+        >>> new_empty((2, 3), torch.zeros(1, dtype=torch.bfloat16)).dtype
+        torch.bfloat16
+    """
+    return like.new_empty(shape)
 
 
 def _nbytes(shape: Sequence[int], like: torch.Tensor) -> int:
