@@ -209,7 +209,8 @@ def main() -> None:
     backend.logits_processor = forced
 
     lengths = [len(backend.prepare(c).input_ids) for c in convs]
-    unique = {json.dumps(c): n for c, n in zip(convs, lengths, strict=True)}
+    keys = [json.dumps(c) for c in convs]
+    unique, distinct = dict(zip(keys, lengths, strict=True)), list(dict(zip(keys, convs, strict=True)).values())
     n, tokens = len(convs), sum(lengths)
     template = {kind: len(backend._template(kind)[0]) for kind in (True, False)}
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
@@ -269,7 +270,6 @@ def main() -> None:
 
     check = None
     if args.check_inputs:
-        distinct = list({json.dumps(c): c for c in convs}.values())
         picked = random.Random(args.seed + 3).sample(distinct, min(args.check_inputs, len(distinct)))
         check = exactness(model, tok, [backend.prepare(c).input_ids for c in picked], pad_id=tok.pad_token_id)
     server = run_server(args, model, tok, work, convs, device) if args.server and not cuda else None
