@@ -27,6 +27,7 @@ __all__ = [
     "build_toy_helpfulness",
     "build_toy_models",
     "build_toy_policy",
+    "toy_model",
 ]
 
 
@@ -46,3 +47,21 @@ def build_toy_models(cache_dir: str | os.PathLike | None = None) -> ToyModels:
         policy=build_toy_policy(cache_dir),
         helpfulness=build_toy_helpfulness(cache_dir),
     )
+
+
+def toy_model(name: str) -> Path:
+    """The folder of the toy model ``name`` ("guard", "policy" or "helpfulness"), built on first use.
+
+    Registered as the ``toy`` model source (entry point group ``rewards.model_sources``), so ``toy:guard`` works
+    wherever a model name is taken (`rewards.loading.resolve_model_name`).
+
+    Example:
+        >>> toy_model("judge")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown toy model 'judge'; choose from ['toy:guard', 'toy:policy', 'toy:helpfulness']
+    """
+    builders = {"guard": build_toy_guard, "policy": build_toy_policy, "helpfulness": build_toy_helpfulness}
+    if name not in builders:
+        raise ValueError(f"unknown toy model {name!r}; choose from {['toy:' + k for k in builders]}")
+    return builders[name]()

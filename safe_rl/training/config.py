@@ -271,12 +271,6 @@ def resolve_model(name: str) -> str:
         >>> resolve_model("Qwen/Qwen3-4B")
         'Qwen/Qwen3-4B'
     """
-    if not name.startswith(TOY_PREFIX):
-        return name
-    from safe_rl.toy import build_toy_guard, build_toy_helpfulness, build_toy_policy
+    from rewards.loading import resolve_model_name
 
-    builders = {"guard": build_toy_guard, "policy": build_toy_policy, "helpfulness": build_toy_helpfulness}
-    which = name[len(TOY_PREFIX) :]
-    if which not in builders:
-        raise ValueError(f"unknown toy model {name!r}; choose from {[TOY_PREFIX + k for k in builders]}")
-    return str(builders[which]())
+    return resolve_model_name(name)
