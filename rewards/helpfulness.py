@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from rewards.conversation import prompt_messages
+from rewards.devices import resolve_device
+from rewards.loading import load_once, load_pretrained, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -79,26 +81,35 @@ class HelpfulnessRM:
         return state
 
     def _load(self) -> tuple[Any, Any, Any]:
-        if self._loaded is None:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        return load_once(self, "_loaded", self._build)
 
-            from rewards.devices import resolve_device, resolve_dtype
+    def _build(self) -> tuple[Any, Any, Any]:
+        from transformers import AutoModelForSequenceClassification
 
-            device = resolve_device(self.device)
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name or self.model_name)
-            tokenizer.truncation_side = "left"
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.model_name, num_labels=1, dtype=resolve_dtype(self.dtype, device), **self.model_kwargs
-            )
-            if model.config.pad_token_id is None:
-                model.config.pad_token_id = tokenizer.pad_token_id
-            model.to(device).eval()
-            if getattr(tokenizer, "chat_template", None) is None:
-                logger.warning("%s has no chat template; scoring 'prompt\\n\\nanswer' as plain text", self.model_name)
-            self._loaded = (tokenizer, model, device)
-        return self._loaded
+        device = resolve_device(self.device)
+        tokenizer = load_tokenizer(self.tokenizer_name or self.model_name, what="helpfulness tokenizer")
+        tokenizer.truncation_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            self.model_name,
+            what="helpfulness model",
+            device=device,
+            dtype=self.dtype,
+            num_labels=1,
+            **self.model_kwargs,
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(tokenizer, "chat_template", None) is None:
+            logger.warning("%s has no chat template; scoring 'prompt\\n\\nanswer' as plain text", self.model_name)
+        return tokenizer, model, device
+
+    def load(self) -> HelpfulnessRM:
+        """Load the model now (it loads on first use otherwise); raises `rewards.loading.ModelLoadError`."""
+        self._load()
+        return self
 
     def _text(self, tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]], answer: str) -> str:
         messages = [*prompt_messages(prompt), {"role": "assistant", "content": answer}]

@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from rewards.loading import load_once
 from rewards.registry import get_reward
 
 
@@ -77,10 +78,13 @@ class EnvReward:
 
     @property
     def reward(self) -> Any:
-        if self._reward is None:
-            self._reward = reward_from_env(self.kind)
-            self._reward.__name__ = self.__name__
-        return self._reward
+        """The reward, built on first use: once per process, whatever the threads (`rewards.loading.load_once`)."""
+        return load_once(self, "_reward", self._build)
+
+    def _build(self) -> Any:
+        reward = reward_from_env(self.kind)
+        reward.__name__ = self.__name__
+        return reward
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         return self.reward(prompts, completions, **kwargs)

@@ -21,6 +21,7 @@ from rewards.conversation import Conversation, completion_text, response_convers
 from rewards.formulas import guard_only_value, hybrid_value
 from rewards.guards.base import Guard
 from rewards.helpfulness import HelpfulnessScorer
+from rewards.loading import ModelLoadError
 from rewards.step_metrics import log_step_metrics
 from rewards.verdict import Policy, Verdict, check_policy, failed_verdict
 
@@ -147,6 +148,8 @@ class SafetyReward:
             return []
         try:
             return self._guard_calls()[0](plan.conversations)
+        except ModelLoadError:  # a configuration error: stop the run, do not train on failures
+            raise
         except Exception as exc:  # never crash a training step on a guard fault; the samples are counted as failed
             return self._guard_failed(plan, exc)
 
@@ -158,6 +161,8 @@ class SafetyReward:
             if amoderate is not None:
                 return await amoderate(plan.conversations)
             return await asyncio.to_thread(moderate, plan.conversations)
+        except ModelLoadError:
+            raise
         except Exception as exc:
             return self._guard_failed(plan, exc)
 
@@ -365,6 +370,8 @@ class HybridReward(SafetyReward):
             return scores
         try:
             values = self.helpfulness.score([plan.prompts[i] for i in rows], [plan.answers[i] for i in rows])
+        except ModelLoadError:
+            raise
         except Exception:  # a scorer fault costs this step's rewards, not the run
             logger.exception("%s: the helpfulness model raised; %d samples get no reward", self.__name__, len(rows))
             return scores

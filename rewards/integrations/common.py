@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Any
 
+from rewards.loading import LOAD_LOCK
 from rewards.presets import reward_from_env
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,9 @@ def get_reward_for(kind: str) -> Any:
     if kind not in ("hybrid", "guard_only"):
         raise ValueError(f"reward must be 'hybrid' or 'guard_only', got {kind!r}")
     if kind not in _REWARDS:
-        _REWARDS[kind] = reward_from_env(kind)
+        with LOAD_LOCK:  # one reward per process, even when the first calls come from many threads at once
+            if kind not in _REWARDS:
+                _REWARDS[kind] = reward_from_env(kind)
     return _REWARDS[kind]
 
 
