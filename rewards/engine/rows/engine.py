@@ -92,7 +92,7 @@ class RowsEngine:
         cpu = model.device.type == "cpu"
         self.max_batch_padding = max_batch_padding if max_batch_padding is not None else (0.02 if cpu else 0.1)
         self.decoder = DraftedDecoder(model, tokenizer, self.format, pad_id=self.pad_id)
-        self._prefixes: dict[tuple[int, ...], RowsKV] = {}  # oldest first
+        self._prefixes: dict[tuple[int, ...], RowsKV] = {}  # least recently used first
         self._lock = threading.Lock()  # calls from several threads share the kept prefixes
         self.stats: defaultdict[str, float] = Stats(float)
 
@@ -131,11 +131,17 @@ class RowsEngine:
                 while len(self._prefixes) > KEPT_PREFIXES:
                     del self._prefixes[next(iter(self._prefixes))]
             prefixes = dict(self._prefixes)
+        used = set()
         for job in jobs:
             fitting = [p for p in prefixes if len(p) < len(job.ids) and tuple(job.ids[: len(p)]) == p]
             if fitting:
                 job.template = max(fitting, key=len)
                 job.start, job.source = len(job.template), (prefixes[job.template], 0)
+                used.add(job.template)
+        with self._lock:  # the prefixes used last are the last to go
+            for key in used:
+                if key in self._prefixes:
+                    self._prefixes[key] = self._prefixes.pop(key)
         self.stats["prefix_s"] += time.perf_counter() - t0
 
     def _chunks(self, jobs: list[_Job]) -> list[list[_Job]]:
