@@ -93,7 +93,7 @@ def truncate_conversation(
 
     ``budget(roles)`` is the content budget of a conversation with those roles, ``count(text)`` the size of a text
     and ``cut(text, keep)`` the text cut (head and tail) to ``keep``; a cut that can bring text to a line start
-    must escape it again. Tokens: `GuardPrompt`; characters: `rewards.guards.gen_remote.truncate_chars`.
+    must escape it again. Tokens: `GuardPrompt`; characters: `rewards.guards.gen.remote.truncate_chars`.
 
     Example:
         >>> conv = [{"role": "user", "content": "q" * 100}, {"role": "assistant", "content": "a" * 100}]

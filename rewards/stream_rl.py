@@ -4,7 +4,7 @@
   `rewards.Qwen3GuardStream` as the guard. The hybrid one can make the unsafe penalty harsher the earlier the answer
   turned unsafe (`early_unsafe_penalty`). Stream has no refusal head: without a ``refusal_guard`` (e.g. a
   `rewards.Qwen3GuardGen`) the refusal term of the hybrid formula is off.
-- `StreamStoppingCriteria` (from `rewards.guards.stream_stop`, imported on first use because it needs
+- `StreamStoppingCriteria` (from `rewards.guards.stream.stop`, imported on first use because it needs
   transformers): give it to ``generate`` to end each rollout at its first flagged token and read where it was.
 
 Registered builders: ``get_reward("stream_guard_only", ...)`` and ``get_reward("stream_hybrid", ...)``.
@@ -284,7 +284,7 @@ def _stream_guard(
 
 def __getattr__(name: str) -> Any:
     if name == "StreamStoppingCriteria":  # needs transformers: imported on first use only
-        from rewards.guards.stream_stop import StreamStoppingCriteria
+        from rewards.guards.stream.stop import StreamStoppingCriteria
 
         return StreamStoppingCriteria
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -175,10 +175,16 @@ def timed(fn, device) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def build_model(shape: str, tok: Any, device: torch.device, dtype: torch.dtype, seed: int) -> Qwen3ForCausalLM:
+def build_model(
+    shape: str, tok: Any, device: torch.device, dtype: torch.dtype, seed: int, layers: int | None = None
+) -> Qwen3ForCausalLM:
+    """A random-weight Qwen3 of ``shape`` (``layers``: fewer decoder layers than the shape has, e.g. on a CPU)."""
     vocab = max(SHAPES[shape]["vocab_size"], len(tok))
+    sizes = {**SHAPES[shape], "vocab_size": vocab}
+    if layers:
+        sizes["num_hidden_layers"] = layers
     config = Qwen3Config(
-        **{**SHAPES[shape], "vocab_size": vocab},
+        **sizes,
         tie_word_embeddings=True,
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
@@ -225,17 +231,17 @@ def model_params(model) -> tuple[int, int]:
 
 @torch.inference_mode()
 def exactness(model, tok, ids: list[list[int]], *, pad_id: int) -> dict[str, float]:
-    """Our passes against one plain forward per input, on this device and dtype (the bench's numbers check).
+    """The fast path's passes against one plain forward per input, on this device and dtype (the numbers check).
 
-    Ours: `prefix_cache.extend` over all inputs as one batch (the first pass's path), then ``Safety:`` on top of
-    the returned state (a decoding pass). For comparison, what the baseline does: the same inputs left-padded in
-    one batch through the stock forward. Reported: the largest difference of the label distribution read after
-    ``Safety:`` (softmax over the three label tokens' scores) from the plain pass's, and how often the argmax over
-    the whole vocabulary agrees, at the input's last token and after ``Safety:``.
+    Ours: `rewards.engine.rows.qwen3_forward.extend` over all inputs as one batch (the first pass's path), then
+    ``Safety:`` on top of the returned cache (a decoding pass). For comparison, what the baseline does: the same
+    inputs left-padded in one batch through the stock forward. Reported: the largest difference of the label
+    distribution read after ``Safety:`` (softmax over the three label tokens' scores) from the plain pass's, and how
+    often the argmax over the whole vocabulary agrees, at the input's last token and after ``Safety:``.
     """
-    from rewards.guards.label_probs import LabelTokens
-    from rewards.guards.padding import left_pad
-    from rewards.guards.prefix_cache import extend
+    from rewards.engine.batching import left_pad
+    from rewards.engine.rows.qwen3_forward import extend
+    from rewards.engine.verdict_format import LabelTokens
 
     labels = LabelTokens.from_tokenizer(tok)
     safety = list(labels.prefix)
@@ -247,8 +253,8 @@ def exactness(model, tok, ids: list[list[int]], *, pad_id: int) -> dict[str, flo
         logits = model(torch.tensor([row + safety], device=model.device), logits_to_keep=tail).logits[0]
         plain_last.append(logits[0])
         plain_label.append(logits[-1])
-    state, last = extend(model, None, ids, pad_id=pad_id, keep=1)
-    _, label = extend(model, state, [safety] * len(ids), pad_id=pad_id, keep=1)
+    cache, last = extend(model, None, ids, pad_id=pad_id, keep=1)
+    _, label = extend(model, cache, [safety] * len(ids), pad_id=pad_id, keep=1)
     padded, mask = left_pad([row + safety for row in ids], pad_id, model.device)
     stock = model(input_ids=padded, attention_mask=mask, logits_to_keep=tail).logits
     stock_label = [stock[i, -1] for i in range(len(ids))]
@@ -258,11 +264,8 @@ def exactness(model, tok, ids: list[list[int]], *, pad_id: int) -> dict[str, flo
         return sum(int(x.argmax() == y.argmax()) for x, y in zip(a, b, strict=True)) / len(a)
 
     def label_gap(rows: list[torch.Tensor]) -> float:
-        gaps = []
-        for x, y in zip(rows, plain_label, strict=True):
-            p, q = labels.probs(x), labels.probs(y)
-            gaps.append(max(abs(p[k] - q[k]) for k in p))
-        return max(gaps)
+        ours, plain = labels.batch_probs(torch.stack(rows)), labels.batch_probs(torch.stack(plain_label))
+        return max(abs(p[k] - q[k]) for p, q in zip(ours, plain, strict=True) if p and q for k in p)
 
     return {
         "inputs": len(ids),

@@ -1,7 +1,7 @@
 """Cost per token of Qwen3Guard-Stream moderation: our key/value-cache session vs re-reading the whole sequence.
 
 For each length N, "ours" is the time to judge one more token when the stream already holds N tokens
-(`rewards.guards.stream_session.StreamSession.feed` with one token, head logits copied back to the host, as a
+(`rewards.guards.stream.session.StreamSession.feed` with one token, head logits copied back to the host, as a
 stopping criterion needs them; on CUDA the step is a replayed CUDA graph unless ``--no-graphs``); "naive" is what
 the official ``stream_moderate_from_ids`` does per token: a full forward over all N tokens, then the heads of the
 last one. Same model, same process, random weights (timing does not depend on them).
@@ -41,7 +41,7 @@ def build(shape: str, device, dtype):
     import torch
     from transformers import Qwen3Config
 
-    from rewards.guards.stream_model import Qwen3GuardStreamModel
+    from rewards.guards.stream.model import Qwen3GuardStreamModel
 
     config = Qwen3Config(
         vocab_size=151936,
@@ -81,7 +81,7 @@ def time_ours(
 ) -> list[float]:
     import torch
 
-    from rewards.guards.stream_session import StreamSession
+    from rewards.guards.stream.session import StreamSession
 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, length + tokens + 2), generator=gen).tolist()

@@ -8,7 +8,7 @@ dimension the decoder layers neither read nor write, the final norm keeps it, an
 
 `reference_logits` recomputes every head output from the files with plain float64 tensor code (embedding, RMSNorm,
 per-head q/k norm, rotary embedding, grouped causal attention, SiLU MLP, final norm, heads), independent of
-transformers and of `rewards.guards.stream_model`.
+transformers and of `rewards.guards.stream.model`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The in-process Qwen3Guard-Gen backend on a tiny random guard: early stop exactness, batching, order, failures."""
+"""The in-process Qwen3Guard-Gen backend on a tiny random guard: early stop exactness (both engines), batching,
+order, failures, loading once."""
 
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -39,9 +41,11 @@ def baseline(model_dir, guard, conversations, max_new_tokens=32):
     return texts
 
 
-def test_batched_early_stop_matches_unbatched_greedy(random_guard_dir):
-    guard = Qwen3GuardGen(str(random_guard_dir), batch_size=2, dedupe=False)
+@pytest.mark.parametrize("engine", ["rows", "generate"])
+def test_batched_early_stop_matches_unbatched_greedy(random_guard_dir, engine):
+    guard = Qwen3GuardGen(str(random_guard_dir), batch_size=2, dedupe=False, engine=engine)
     verdicts = guard.moderate(CONVERSATIONS)
+    assert guard.backend.engine.name == engine
     expected = baseline(random_guard_dir, guard, CONVERSATIONS)
     assert len(verdicts) == len(CONVERSATIONS)
     for v, full, conv in zip(verdicts, expected, CONVERSATIONS, strict=True):
@@ -94,3 +98,25 @@ def test_argument_validation():
         Qwen3GuardGen("x", batch_size=0)
     with pytest.raises(ValueError):
         Qwen3GuardGen("x", max_new_tokens=2)
+    with pytest.raises(ValueError, match="engine"):
+        Qwen3GuardGen("x", engine="fast")
+
+
+def test_first_calls_from_many_threads_load_once(random_guard_dir, monkeypatch):
+    import rewards.guards.gen.local as local
+
+    loads = []
+    original = local.load_causal_lm
+    monkeypatch.setattr(local, "load_causal_lm", lambda *a, **k: loads.append(1) or original(*a, **k))
+    guard = Qwen3GuardGen(str(random_guard_dir))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda c: guard.moderate([c])[0].raw, CONVERSATIONS * 2))
+    assert loads == [1] and results[: len(CONVERSATIONS)] == results[len(CONVERSATIONS) :]
+
+
+def test_a_guard_that_cannot_load_raises_naming_it(tmp_path):
+    from rewards.loading import ModelLoadError
+
+    guard = Qwen3GuardGen(str(tmp_path / "no-such-guard"))
+    with pytest.raises(ModelLoadError, match="no-such-guard"):
+        guard.moderate(CONVERSATIONS[:1])

@@ -10,7 +10,7 @@ from _stream import one_torch_thread, reference_logits, write_tiny_stream_checkp
 
 from rewards.guards.base import Guard
 from rewards.guards.stream import Qwen3GuardStream
-from rewards.guards.stream_rule import first_flag
+from rewards.guards.stream.rule import first_flag
 
 
 def user(text):

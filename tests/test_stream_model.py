@@ -8,13 +8,13 @@ import pytest
 import torch
 from _stream import one_torch_thread, reference_logits, tiny_config, write_tiny_stream_checkpoint  # noqa: F401
 
-from rewards.guards.stream_model import (
+from rewards.guards.stream.model import (
     DEFAULT_QUERY_CATEGORIES,
     CheckpointMismatchError,
     StreamLabels,
     load_stream_model,
 )
-from rewards.guards.stream_rule import FlagTracker, first_flag, query_verdict
+from rewards.guards.stream.rule import FlagTracker, first_flag, query_verdict
 
 IDS = [151644, 872, 198, 9707, 1879, 11, 1246, 653, 358, 151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271]
 

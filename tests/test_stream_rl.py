@@ -7,7 +7,7 @@ import torch
 from _stream import one_torch_thread, write_tiny_stream_checkpoint  # noqa: F401
 
 from rewards.guards.stream import Qwen3GuardStream
-from rewards.guards.stream_rule import first_flag
+from rewards.guards.stream.rule import first_flag
 from rewards.registry import get_reward
 from rewards.stream_rl import StreamGuardOnlyReward, StreamHybridReward, early_unsafe_penalty
 from rewards.verdict import Verdict

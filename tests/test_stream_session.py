@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+import weakref
 
 import pytest
 import torch
 from _stream import one_torch_thread, reference_logits, write_tiny_stream_checkpoint  # noqa: F401
 
-from rewards.guards.stream_model import load_stream_model
-from rewards.guards.stream_session import GrowingKVLayer, StreamSession
+from rewards.guards.stream import session as session_module
+from rewards.guards.stream.model import load_stream_model
+from rewards.guards.stream.session import GrowingKVLayer, StreamSession, growing_cache_probe
 
 HEADS = ("risk", "category", "query_risk", "query_category")
 DEVICE = os.environ.get("SAFE_RL_TEST_DEVICE", "cpu")  # set to "cuda" to run the parity checks on a GPU
@@ -85,6 +87,31 @@ def test_batched_streams_with_uneven_feeds_equal_full_forward(setup, static_step
     assert one_token_steps >= 3  # the one-token (static) path was taken
     for r, reference in enumerate(references):
         _assert_matches(_collect(pieces[r]), reference)
+
+
+@pytest.mark.parametrize("breakage", ["raises", "writes-nothing"])
+def test_a_broken_growing_cache_falls_back_to_transformers_dynamic_cache(setup, monkeypatch, breakage):
+    """An upstream change the cache layer no longer fits (a new ``update`` signature, or the model bypassing it):
+    the probe rules the layer out, and sessions run on transformers' own cache with the same numbers."""
+    net, streams, references = setup
+    monkeypatch.setattr(session_module, "_PROBED", weakref.WeakKeyDictionary())
+    original = GrowingKVLayer.update
+
+    def changed(self, key_states, value_states, *args, **kwargs):
+        if breakage == "raises":
+            raise TypeError("update() got an unexpected keyword argument 'cache_kwargs'")
+        original(self, key_states, value_states)
+        return key_states, value_states  # the new tokens only: what came before is lost
+
+    monkeypatch.setattr(GrowingKVLayer, "update", changed)
+    assert growing_cache_probe(net) is not None
+    session = StreamSession(net, batch_size=1, capacity=4, static_steps=True)
+    assert session.layers == [] and not session.static_steps
+    for ids, reference in zip(streams, references, strict=True):
+        session = StreamSession(net, batch_size=1, capacity=4)
+        sizes = [len(ids) // 2] + [1] * (len(ids) - len(ids) // 2)
+        pieces = [session.feed([chunk])[0] for chunk in _chunks(ids, sizes) if chunk]
+        _assert_matches(_collect(pieces), reference)
 
 
 def test_empty_first_feed_is_refused_and_empty_feed_is_free(setup):

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 
 from rewards.devices import resolve_device, resolve_dtype
-from rewards.guards.padding import left_pad as left_pad  # the one padding helper; re-exported for the evaluation code
+from rewards.engine.batching import left_pad as left_pad  # the one padding helper; re-exported for the evaluation code
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rewards.guards.prefix_cache import common_prefix_len
+from rewards.engine.batching import common_prefix_len
 
 IGNORE = -100
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from rewards.guards.stream_model import Qwen3GuardStreamModel, StreamLabels, label_distribution
-from rewards.guards.stream_rule import FlagTracker, query_verdict
-from rewards.guards.stream_session import StreamSession
+from rewards.guards.stream.model import Qwen3GuardStreamModel, StreamLabels, label_distribution
+from rewards.guards.stream.rule import FlagTracker, query_verdict
+from rewards.guards.stream.session import StreamSession
 from rewards.verdict import Policy, Verdict, check_policy
 
 

@@ -7,7 +7,7 @@ What the guard reads is rendered by its own tokenizer's chat template, with mess
 - ``[..., user, assistant]``: the answer verdict. Answer tokens are the assistant's content as the policy would
   generate it after the generation prompt (``<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n``), and the
   ``<|im_end|>`` that closes it; the prompt and the answer are tokenized apart, as a stream arrives. Each answer
-  token gets a label, the pair rule (`rewards.guards.stream_rule`) decides, ``flagged_at`` is the index of the first
+  token gets a label, the pair rule (`rewards.guards.stream.rule`) decides, ``flagged_at`` is the index of the first
   flagged answer token and ``answer_tokens`` their number. Stream has no refusal head: ``refusal`` is None.
 
 For whole conversations the model runs one full forward per batch (no cache: nothing to reuse); for text that is
@@ -23,7 +23,7 @@ from typing import Any
 
 from rewards.conversation import Conversation, prompt_messages
 from rewards.guards.base import dedupe
-from rewards.guards.stream_rule import FlagTracker
+from rewards.guards.stream.rule import FlagTracker
 from rewards.verdict import Policy, Verdict, check_policy, failed_verdict
 
 logger = logging.getLogger(__name__)
@@ -107,27 +107,34 @@ class Qwen3GuardStream:
 
     # -- loading ------------------------------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any, Any, Any]:
-        if self._loaded is None:
-            from transformers import AutoTokenizer
+        """The model, labels, tokenizer and prompt, loaded on first use (once, whatever the threads). A model that
+        cannot be loaded raises `rewards.loading.ModelLoadError`."""
+        from rewards.loading import load_once  # imports torch, which `import rewards` must not
 
-            from rewards.guard_prompt import GuardPrompt
-            from rewards.guards.stream_model import load_stream_model
+        return load_once(self, "_loaded", self._build)
 
+    def _build(self) -> tuple[Any, Any, Any, Any]:
+        from rewards.guard_prompt import GuardPrompt
+        from rewards.guards.stream.model import load_stream_model
+        from rewards.loading import ModelLoadError, load_tokenizer, resolve_model_name
+
+        try:
             net, labels, folder = load_stream_model(
-                self.model,
+                resolve_model_name(self.model),
                 device=self.device,
                 dtype=self.dtype,
                 revision=self.revision,
                 attn_implementation=self.attn_implementation,
             )
-            tokenizer = self.tokenizer
-            if tokenizer is None or isinstance(tokenizer, str):
-                tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or folder))
-            if tokenizer.convert_tokens_to_ids(END_OF_TURN) in (None, tokenizer.unk_token_id):
-                raise ValueError(f"the guard tokenizer has no {END_OF_TURN} token; load Qwen3Guard-Stream's own")
-            limit = min(self.max_input_tokens, int(getattr(net.config, "max_position_embeddings", 1 << 30)))
-            self._loaded = (net, labels, tokenizer, GuardPrompt(tokenizer, max_input_tokens=limit))
-        return self._loaded
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError("Stream guard", self.model, exc) from exc
+        tokenizer = load_tokenizer(self.tokenizer or str(folder), what="Stream guard tokenizer")
+        if tokenizer.convert_tokens_to_ids(END_OF_TURN) in (None, tokenizer.unk_token_id):
+            raise ValueError(f"the guard tokenizer has no {END_OF_TURN} token; load Qwen3Guard-Stream's own")
+        limit = min(self.max_input_tokens, int(getattr(net.config, "max_position_embeddings", 1 << 30)))
+        return net, labels, tokenizer, GuardPrompt(tokenizer, max_input_tokens=limit)
 
     @property
     def net(self) -> Any:
@@ -155,7 +162,7 @@ class Qwen3GuardStream:
         )
 
     def _encode(self, text: str) -> list[int]:
-        from rewards.guards.label_probs import encode  # imports torch, which `import rewards` must not
+        from rewards.engine.verdict_format import encode  # imports torch, which `import rewards` must not
 
         return encode(self.guard_tokenizer, text)
 
@@ -234,7 +241,7 @@ class Qwen3GuardStream:
     def _judge(self, batch: list[StreamInput]) -> list[Verdict]:
         import torch
 
-        from rewards.guards.stream_moderation import push_answer, read_query
+        from rewards.guards.stream.moderation import push_answer, read_query
 
         net, labels = self.net, self.labels
         device = next(net.parameters()).device
@@ -271,7 +278,7 @@ class Qwen3GuardStream:
 
         Feed each answer's new token ids (the guard's tokenizer, which Qwen3 policies share) as they are generated.
         """
-        from rewards.guards.stream_moderation import StreamModeration
+        from rewards.guards.stream.moderation import StreamModeration
 
         check_policy(policy)
         prefixes = [self.prompt_prefix(p, thinking=thinking) for p in prompts]

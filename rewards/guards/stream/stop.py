@@ -107,7 +107,7 @@ class StreamStoppingCriteria(StoppingCriteria):
         flagged = self.stream.feed(feed)
         for r, is_flagged in enumerate(flagged):
             self._ended[r] = self._ended[r] or is_flagged
-        return torch.tensor(flagged, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(flagged, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
     def _require_stream(self) -> Any:
         if self.stream is None:

@@ -9,22 +9,31 @@ that token, so the cost of a new token does not grow with the length so far beyo
 One-token steps (the streaming case) can run "static": inputs, mask and write position sit in fixed device buffers
 and attention (`decode_attention`) spans the whole buffer, so on CUDA the step is captured once as a CUDA graph and
 replayed (re-captured only when the buffers grow). That removes the per-kernel launch cost that dominates a small
-model's step: 0.6B shape on an H100, 35 ms per token in eager mode against 4.3-4.7 ms replayed.
+model's step (figures in docs/benchmarks.md, "Qwen3Guard-Stream").
 
-`rewards.guards.stream_moderation.StreamModeration` adds the Qwen3Guard semantics on top.
+The growing cache subclasses transformers' ``DynamicLayer`` and the static steps swap the model's attention function:
+both lean on transformers internals, so a session uses them only where `growing_cache_probe` (once per model: a
+session of its own against the full forward) finds them working; otherwise it runs on transformers' public
+``DynamicCache`` with eager steps, logged once.
+
+`rewards.guards.stream.moderation.StreamModeration` adds the Qwen3Guard semantics on top.
 """
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from rewards.guards.stream_model import Qwen3GuardStreamModel, StreamLogits
+from rewards.guards.stream.model import Qwen3GuardStreamModel, StreamLogits
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -67,8 +76,7 @@ def decode_attention(
 
     The query heads that share a key/value head are stacked against it (no key repetition). Over thousands of
     cached keys this spreads the work over the whole GPU, where the fused SDPA kernels give one query a few thread
-    blocks (0.6B shape on an H100, 4096 cached tokens: 4.7 ms per token against 9.1 ms with SDPA's memory-efficient
-    kernel). ``attention_mask`` is boolean, True where a key may be read. Same arithmetic as transformers' eager
+    blocks. ``attention_mask`` is boolean, True where a key may be read. Same arithmetic as transformers' eager
     attention: scores in the model's dtype, softmax in float32.
 
     Example:
@@ -147,12 +155,16 @@ class GrowingKVLayer(DynamicLayer):
 
     def advance(self, n: int) -> None:
         """Count ``n`` more slots as written (after static steps, which write through ``write_at``)."""
+        assert self._k is not None and self._v is not None, "no buffers before the first update"
         self._length += n
         self.keys, self.values = self._k[:, :, : self._length], self._v[:, :, : self._length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        assert self._k is not None and self._v is not None
         if self.write_at is not None:
             # Static step: one token per stream at a slot held on the device; the mask hides the unused slots.
             self._k.index_copy_(2, self.write_at, key_states)
@@ -164,7 +176,7 @@ class GrowingKVLayer(DynamicLayer):
         self._k[:, :, self._length : end] = key_states
         self._v[:, :, self._length : end] = value_states
         self.advance(end - self._length)
-        return self.keys, self.values
+        return self._k[:, :, :end], self._v[:, :, :end]  # what `advance` set ``keys``/``values`` to
 
     def reset(self) -> None:
         self._k = self._v = self.keys = self.values = None
@@ -181,6 +193,8 @@ class StreamSession:
         capacity: initial cache slots (they double when full); pass the expected longest stream to avoid regrowth.
         static_steps: run one-token feeds as static steps (default: on CUDA only).
         cuda_graphs: capture static steps as a CUDA graph and replay it (CUDA only).
+        growing_cache: use the growing cache layers (and static steps); None: where `growing_cache_probe` passes.
+            Without them the session runs on transformers' ``DynamicCache`` with eager steps.
 
     Every stream must get at least one token in the first `feed` (a stream with no token at all would give its
     padded slots nothing to attend to).
@@ -201,17 +215,20 @@ class StreamSession:
         capacity: int = 256,
         static_steps: bool | None = None,
         cuda_graphs: bool = True,
+        growing_cache: bool | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.net = net
         self.batch_size = batch_size
         self.device = next(net.parameters()).device
-        self.static_steps = self.device.type == "cuda" if static_steps is None else static_steps
+        if growing_cache is None:
+            growing_cache = growing_cache_probe(net) is None
+        self.static_steps = growing_cache and (self.device.type == "cuda" if static_steps is None else static_steps)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         capacity = max(int(capacity), 1)
-        self.layers = [GrowingKVLayer(capacity) for _ in range(net.config.num_hidden_layers)]
-        self.cache = Cache(layers=self.layers)
+        self.layers = [GrowingKVLayer(capacity) for _ in range(net.config.num_hidden_layers)] if growing_cache else []
+        self.cache: Cache = Cache(layers=list[Any](self.layers)) if growing_cache else DynamicCache()
         self._mask = torch.zeros((batch_size, capacity), dtype=torch.bool, device=self.device)
         self._slots = 0
         self.lengths = [0] * batch_size
@@ -299,6 +316,7 @@ class StreamSession:
                 "write_at": torch.zeros((1,), dtype=torch.long, device=self.device),
             }
         static = self._static
+        assert static is not None
         static["ids"].copy_(torch.tensor([[row[0] if row else 0] for row in tokens], dtype=torch.long))
         static["positions"].copy_(torch.tensor(self.lengths, dtype=torch.long)[:, None])
         static["write_at"].fill_(slot)
@@ -306,6 +324,7 @@ class StreamSession:
         if self.cuda_graphs:
             if self._graph is None:
                 self._capture()
+            assert self._graph is not None and self._graph_out is not None
             self._graph.replay()
             out = self._graph_out
         else:
@@ -317,6 +336,7 @@ class StreamSession:
 
     def _run_static(self) -> torch.Tensor:
         static = self._static
+        assert static is not None
         for layer in self.layers:
             layer.write_at = static["write_at"]
         try:
@@ -343,3 +363,36 @@ class StreamSession:
         with torch.cuda.graph(graph):
             self._graph_out = self._run_static()
         self._graph = graph
+
+
+_PROBED: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
+def growing_cache_probe(net: Qwen3GuardStreamModel) -> str | None:
+    """None where `GrowingKVLayer` and static steps give ``net``'s own numbers, else why not (logged once per model).
+
+    The check is a session of its own: three tokens, then one as a static step, against one full forward pass.
+    """
+    if net not in _PROBED:
+        _PROBED[net] = reason = _probe(net)
+        if reason is not None:
+            logger.warning("Qwen3Guard-Stream sessions run on transformers' DynamicCache: %s", reason)
+    return _PROBED[net]
+
+
+def _probe(net: Qwen3GuardStreamModel) -> str | None:
+    try:
+        ids = [i % net.config.vocab_size for i in (13, 1013, 2013, 3013)]
+        session = StreamSession(net, 1, capacity=2, static_steps=True, cuda_graphs=False, growing_cache=True)
+        pieces = [session.feed([ids[:3]])[0], session.feed([ids[3:]])[0]]
+        with torch.inference_mode():
+            full = net(torch.tensor([ids], device=session.device))
+        got = torch.cat([torch.cat(list(p), -1) for p in pieces])
+        expected = torch.cat([t[0] for t in full], -1).float().cpu()
+        gap = float((got - expected).abs().max() / expected.abs().max().clamp(min=1.0))
+        tolerance = 1e-4 if next(net.parameters()).dtype == torch.float32 else 3e-2
+        if not gap <= tolerance:
+            return f"its cache layers give logits {gap:.2g} away from the full forward pass"
+        return None
+    except Exception as exc:  # any failure of the internals rules them out
+        return f"its cache layers raised {type(exc).__name__}: {exc}"

@@ -16,6 +16,7 @@ bias). There is no ``lm_head``. Risk index 0 is Safe, 1 Unsafe, 2 Controversial 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -199,13 +200,14 @@ class Qwen3GuardStreamModel(nn.Module):
         past_key_values: Any = None,
     ) -> torch.Tensor:
         """Final hidden states ``[batch, seq, hidden]``; with ``past_key_values`` the cache is extended in place."""
+        cache = {cache_keyword(self.model): past_key_values} if past_key_values is not None else {}
         with attention_backends(input_ids.device):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=past_key_values is not None,
+                **cache,
             )
         return out.last_hidden_state
 
@@ -219,11 +221,22 @@ class Qwen3GuardStreamModel(nn.Module):
         return self.heads(self.backbone(input_ids, attention_mask, position_ids, past_key_values))
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword a transformers model's ``forward`` takes its key/value cache by: ``cache`` in recent releases,
+    ``past_key_values`` before (still accepted, with a deprecation warning, for a while).
+
+    Example:
+        >>> cache_keyword(torch.nn.Linear(1, 1))  # a forward that takes neither: the older name
+        'past_key_values'
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
     """SDPA kernels for the guard: on CUDA, everything but cuDNN (no change elsewhere).
 
-    cuDNN attention builds an execution plan per key length, and a stream's key length changes at every token: on
-    an H100 (torch 2.11) that cost 1.6 ms of host time per layer and token, 20x the step's GPU time.
+    cuDNN attention builds an execution plan per key length, and a stream's key length changes at every token: the
+    planning's host time per layer and token dwarfs the step's GPU time.
     """
     if device.type != "cuda":
         return contextlib.nullcontext()

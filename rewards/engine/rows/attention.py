@@ -1,15 +1,17 @@
-"""Attention for `KVRows` batches: no key/value head copies, and on the CPU the causal work skipped.
+"""Attention for `RowsKV` batches: no key/value head copies, and on the CPU the causal work skipped.
 
-A batch that `rewards.guards.rows_forward` runs has a known layout: every row holds a prefix of cached slots (any of
-them may be padding) and a chunk of new tokens. Stock transformers turns that into one boolean
+A batch that `rewards.engine.rows.qwen3_forward` runs has a known layout: every row holds a prefix of cached slots
+(any of them may be padding) and a chunk of new tokens. Stock transformers turns that into one boolean
 ``[rows, 1, chunk, slots]`` mask and, with a mask, first copies the key/value heads up to the query heads
 (``repeat_kv``: four copies of every cached key and value per layer and pass for the 4B guard's 32/8 heads). Here:
 
-* on the CPU, with torch's CPU flash kernel (which takes grouped-query heads as they are): long chunks (the first
-  pass over the inputs), padded on the right, attend to the prefix (mask, no causality), then to themselves with
+* on the CPU, short chunks (decoding passes of a few tokens, padded on the left) take one masked SDPA call with
+  grouped-query heads as they are (``enable_gqa``: PyTorch's CPU flash kernel). Long chunks (the first pass over
+  the inputs), padded on the right, attend to the prefix (mask, no causality), then to themselves with
   ``is_causal`` (the kernel skips the blocks above the diagonal, which a mask would stop it from doing; a top-left
   causal mask is each right-padded row's own), merged with the two log-sum-exps: softmax over the union of the
-  keys, rounding aside. Short chunks (decoding passes of a few tokens), padded on the left: one masked call;
+  keys, rounding aside. The log-sum-exps come only from torch's private CPU flash operator (`FLASH_CPU`); without
+  it long chunks take one masked call too;
 * elsewhere (GPUs) one masked call per batch through PyTorch's SDPA, the query heads of each key/value head
   stacked along the query axis (`grouped`): the same products as per-head attention, and the cache read as it is.
 """
@@ -25,19 +27,20 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SPLIT_MIN = 64  # a chunk this long is split into prefix + per-row causal parts; shorter ones take one masked call
-flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-# The CPU's own flash kernel where the tensors live on the CPU. The tests set it False to run, on the CPU, the
+# torch's CPU flash operator, which returns the log-sum-exps the split needs (private: None where a release drops it)
+FLASH_CPU: Any = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+# The CPU attention of this module where the tensors live on the CPU. The tests set it False to run, on the CPU, the
 # `grouped` SDPA path that GPUs take.
 CPU_KERNEL = True
 # The SDPA kernels `grouped` may use on a GPU (None: PyTorch's choice). Left to itself PyTorch picks cuDNN's
 # attention on Hopper, which builds an execution plan for every new shape; a guard step's batches and passes all
-# have new shapes (every step brings new inputs), and bench_reward's first run paid seconds for it (see
-# docs/benchmarks.md). The memory-efficient kernel takes any shape and an additive mask as it is.
+# have new shapes (every step brings new inputs), see docs/benchmarks.md. The memory-efficient kernel takes any
+# shape and an additive mask as it is.
 GPU_KERNELS: list[SDPBackend] | None = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def cpu_kernel(device: torch.device) -> bool:
-    """Whether attention on ``device`` takes the CPU flash kernel (and long chunks split in two), else `grouped`.
+    """Whether attention on ``device`` takes the CPU path (masked calls with grouped-query heads), else `grouped`.
 
     Example:
         >>> cpu_kernel(torch.device("cpu")), cpu_kernel(torch.device("cuda"))
@@ -46,9 +49,19 @@ def cpu_kernel(device: torch.device) -> bool:
     return CPU_KERNEL and device.type == "cpu"
 
 
+def split_long_chunks(device: torch.device) -> bool:
+    """Whether long chunks on ``device`` attend to their prefix and to themselves apart (`FLASH_CPU`).
+
+    Example:
+        >>> split_long_chunks(torch.device("cuda"))
+        False
+    """
+    return cpu_kernel(device) and FLASH_CPU is not None
+
+
 @dataclass
-class RowsLayout:
-    """What a forward pass over a `KVRows` state + left-padded chunk attends to (passed as its attention mask)."""
+class AttentionLayout:
+    """What a pass over a `RowsKV` cache + a chunk of new tokens attends to (its attention mask, in parts)."""
 
     prefix: int  # cached slots before the chunk
     prefix_bias: torch.Tensor | None  # [rows, 1, 1, prefix], 0 where a slot is visible, -inf where not
@@ -58,6 +71,7 @@ class RowsLayout:
 
     def grouped_bias(self, groups: int) -> torch.Tensor:
         """`full_bias` repeated for ``groups`` query heads stacked per key/value head (made once per pass)."""
+        assert self.full_bias is not None, "a split layout has no single mask"
         if groups not in self._grouped:
             self._grouped[groups] = self.full_bias.repeat(1, 1, groups, 1) if groups > 1 else self.full_bias
         return self._grouped[groups]
@@ -70,7 +84,7 @@ class RowsLayout:
         # a right-padded long chunk: a query sees the chunk up to itself (padding only ever follows it)
         columns = torch.arange(width, device=index.device)
         chunk = additive(columns[None, None, None, :] <= index[:, None, :, None], dtype)
-        if not self.prefix:
+        if not self.prefix or self.prefix_bias is None:
             return chunk
         return torch.cat([self.prefix_bias.expand(rows, 1, keep, self.prefix), chunk], 3)
 
@@ -85,11 +99,12 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
-def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: torch.dtype) -> RowsLayout:
+def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: torch.dtype) -> AttentionLayout:
     """The layout of one pass: ``state_mask`` ``[rows, prefix]`` (or None), ``chunk_mask`` ``[rows, chunk]``.
 
     A chunk of at least `SPLIT_MIN` columns must be right-padded, a shorter one left-padded (`long_chunk`); the
-    split layout (no ``full_bias``) is for long chunks on the CPU (`cpu_kernel`), every other pass gets one mask.
+    split layout (no ``full_bias``) is for long chunks on the CPU (`split_long_chunks`), every other pass gets one
+    mask.
 
     Example:
         >>> lay = layout(torch.tensor([[1, 0]]), torch.tensor([[0, 1, 1]]), torch.float32)  # short: one masked call
@@ -101,8 +116,8 @@ def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: tor
     rows, width = chunk_mask.shape
     prefix = 0 if state_mask is None else state_mask.shape[1]
     visible = state_mask.bool() if state_mask is not None else chunk_mask.new_zeros(rows, 0, dtype=torch.bool)
-    if long_chunk(width) and cpu_kernel(chunk_mask.device):
-        return RowsLayout(
+    if long_chunk(width) and split_long_chunks(chunk_mask.device):
+        return AttentionLayout(
             prefix=prefix,
             prefix_bias=additive(visible[:, None, None, :], dtype) if prefix else None,
             prefix_rows=visible.any(1).tolist(),
@@ -112,11 +127,11 @@ def layout(state_mask: torch.Tensor | None, chunk_mask: torch.Tensor, dtype: tor
     # a padding query also sees itself: no query is left with no key at all (whose softmax would be NaN)
     chunk = causal[None] & (chunk_mask.bool()[:, None, :] | torch.eye(width, dtype=torch.bool, device=causal.device))
     full = torch.cat([visible[:, None, :].expand(rows, width, prefix), chunk], 2)
-    return RowsLayout(prefix=prefix, prefix_bias=None, prefix_rows=[], full_bias=additive(full[:, None], dtype))
+    return AttentionLayout(prefix=prefix, prefix_bias=None, prefix_rows=[], full_bias=additive(full[:, None], dtype))
 
 
 def long_chunk(width: int) -> bool:
-    """Whether a chunk this wide takes the split path (and is therefore padded on the right).
+    """Whether a chunk this wide is padded on the right (and takes the split path where there is one).
 
     Example:
         >>> long_chunk(4), long_chunk(SPLIT_MIN)
@@ -126,7 +141,7 @@ def long_chunk(width: int) -> bool:
 
 
 def attend(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lay: RowsLayout, scaling: float
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lay: AttentionLayout, scaling: float
 ) -> torch.Tensor:
     """Attention of ``query`` ``[rows, heads, chunk, head_dim]`` over ``key``/``value`` ``[rows, kv_heads, slots,
     head_dim]`` (prefix + chunk) in layout ``lay``: ``[rows, chunk, heads, head_dim]``, contiguous.
@@ -148,10 +163,10 @@ def attend(
         return masked(query, key, value, lay.full_bias, scaling)
     p0 = lay.prefix
     # right-padded rows: a top-left causal mask is each row's own; padding queries (at the end) are garbage
-    own, own_lse, *_ = flash_cpu(query, key[:, :, p0:], value[:, :, p0:], 0.0, True, scale=scaling)
+    own, own_lse, *_ = FLASH_CPU(query, key[:, :, p0:], value[:, :, p0:], 0.0, True, scale=scaling)
     if not p0:
         return own.transpose(1, 2).contiguous()
-    out, lse, *_ = flash_cpu(
+    out, lse, *_ = FLASH_CPU(
         query, key[:, :, :p0], value[:, :, :p0], 0.0, False, attn_mask=lay.prefix_bias, scale=scaling
     )
     lse = lse.masked_fill(~torch.as_tensor(lay.prefix_rows, device=lse.device)[:, None, None], float("-inf"))
@@ -177,7 +192,8 @@ def masked(
         True
     """
     if cpu_kernel(query.device):
-        return flash_cpu(query, key, value, 0.0, False, attn_mask=bias, scale=scaling)[0].transpose(1, 2).contiguous()
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous()
     groups = query.shape[1] // key.shape[1]
     return grouped(query, key, value, bias.repeat(1, 1, groups, 1) if groups > 1 else bias, scaling)
 
@@ -191,8 +207,7 @@ def grouped(
     one key/value head become ``groups * chunk`` queries of one head: no copy of the cache, which on a GPU is the
     large operand (SDPA's own grouped-query support takes no mask on the kernels that take one). ``bias`` is the
     mask repeated ``groups`` times along its query axis, ``[rows, 1, groups * chunk, slots]`` (made once per pass
-    and shared by the layers: ``groups`` x rows x chunk x slots x 2 bytes in bf16, e.g. 0.7 GB for a first-pass
-    batch of the bench's 4B shape).
+    and shared by the layers: ``groups`` x rows x chunk x slots x 2 bytes in bf16).
 
     Example (against per-head attention over copied key/value heads):
         >>> _ = torch.manual_seed(0)
@@ -210,26 +225,3 @@ def grouped(
     with sdpa_kernel(GPU_KERNELS) if GPU_KERNELS and query.device.type != "cpu" else nullcontext():
         out = F.scaled_dot_product_attention(stacked, key, value, attn_mask=bias, scale=scaling)
     return out.view(rows, kv, heads // kv, width, dim).permute(0, 3, 1, 2, 4).reshape(rows, width, heads, dim)
-
-
-def supports(model: Any) -> bool:
-    """Whether this attention applies: a Qwen3 model with SDPA and full attention in every layer, in float32 or
-    bfloat16.
-
-    Example:
-        >>> from transformers import Qwen3Config, Qwen3ForCausalLM
-        >>> config = Qwen3Config(
-        ...     vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        ...     num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        ... )
-        >>> model = Qwen3ForCausalLM(config)
-        >>> supports(model), supports(model.to(torch.float16))
-        (True, False)
-    """
-    config = model.config
-    return (
-        config.model_type == "qwen3"
-        and config._attn_implementation == "sdpa"
-        and all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
-        and model.dtype in (torch.float32, torch.bfloat16)
-    )

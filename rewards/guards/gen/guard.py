@@ -22,8 +22,10 @@ class Qwen3GuardGen:
     concurrency, timeouts and retries. Models load on first use; pickling keeps only the configuration.
 
     In-process verdicts carry the label probabilities read after ``Safety:`` (`Verdict.probs`,
-    ``label_probabilities`` is True) and `moderate_safety` returns the label and probabilities alone in one forward
-    pass per input (what ``GuardOnlyReward(safety_score="probability")`` calls); a server returns text only.
+    ``label_probabilities`` is True) and `moderate_safety` returns the label and probabilities alone, in one forward
+    pass per input with the fast path (what ``GuardOnlyReward(safety_score="probability")`` calls); a server returns
+    text only. In-process decoding runs on `rewards.engine`: the fast path where it applies to the loaded model,
+    transformers' ``generate`` otherwise (``engine``).
 
     Args:
         model: hub id or local folder (the served model name when ``base_url`` is set).
@@ -38,6 +40,9 @@ class Qwen3GuardGen:
         max_concurrency, timeout, max_retries: for the server backend.
         dedupe: judge identical conversations in a call once.
         model_kwargs: extra ``from_pretrained`` arguments (in-process).
+        engine: in-process decoding: "auto" (the fast path where its load-time probe passes, else transformers'
+            ``generate``), "generate", or "rows" (the fast path, an error where it cannot run the model); see
+            `rewards.engine.pick_engine`.
 
     Example:
         >>> guard = Qwen3GuardGen("Qwen/Qwen3Guard-Gen-0.6B")  # doctest: +SKIP
@@ -62,9 +67,12 @@ class Qwen3GuardGen:
         max_retries: int = 3,
         dedupe: bool = True,
         model_kwargs: dict[str, Any] | None = None,
+        engine: str = "auto",
     ):
         if batch_size < 1 or max_concurrency < 1:
             raise ValueError("batch_size and max_concurrency must be positive")
+        if engine not in ("auto", "generate", "rows"):
+            raise ValueError(f"engine must be 'auto', 'generate' or 'rows', got {engine!r}")
         if max_new_tokens < 4:
             raise ValueError(f"max_new_tokens must be at least 4 to hold a verdict, got {max_new_tokens}")
         self.model = model
@@ -81,6 +89,7 @@ class Qwen3GuardGen:
         self.max_retries = max_retries
         self.dedupe = dedupe
         self.model_kwargs = dict(model_kwargs or {})
+        self.engine = engine
         self._backend: Any = None
 
     def __repr__(self) -> str:
@@ -103,36 +112,40 @@ class Qwen3GuardGen:
 
     @property
     def backend(self) -> Any:
-        """The loaded backend (built on first access)."""
-        if self._backend is None:
-            if self.is_remote:
-                from rewards.guards.gen_remote import RemoteGenBackend
+        """The loaded backend, built on first access (once, whatever the threads; `rewards.loading.load_once`). A
+        model that cannot be loaded raises `rewards.loading.ModelLoadError`."""
+        from rewards.loading import load_once  # imports torch, which `import rewards` must not
 
-                self._backend = RemoteGenBackend(
-                    base_url=self.base_url,
-                    model=self.model,
-                    api_key=self.api_key,
-                    tokenizer=self.tokenizer,
-                    max_input_tokens=self.max_input_tokens,
-                    max_new_tokens=self.max_new_tokens,
-                    max_concurrency=self.max_concurrency,
-                    timeout=self.timeout,
-                    max_retries=self.max_retries,
-                )
-            else:
-                from rewards.guards.gen_local import LocalGenBackend
+        return load_once(self, "_backend", self._build_backend)
 
-                self._backend = LocalGenBackend(
-                    model=self.model,
-                    tokenizer=self.tokenizer,
-                    device=self.device,
-                    dtype=self.dtype,
-                    batch_size=self.batch_size,
-                    max_input_tokens=self.max_input_tokens,
-                    max_new_tokens=self.max_new_tokens,
-                    model_kwargs=self.model_kwargs,
-                )
-        return self._backend
+    def _build_backend(self) -> Any:
+        if self.base_url is not None:
+            from rewards.guards.gen.remote import RemoteGenBackend
+
+            return RemoteGenBackend(
+                base_url=self.base_url,
+                model=self.model,
+                api_key=self.api_key,
+                tokenizer=self.tokenizer,
+                max_input_tokens=self.max_input_tokens,
+                max_new_tokens=self.max_new_tokens,
+                max_concurrency=self.max_concurrency,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+            )
+        from rewards.guards.gen.local import LocalGenBackend
+
+        return LocalGenBackend(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            device=self.device,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            max_input_tokens=self.max_input_tokens,
+            max_new_tokens=self.max_new_tokens,
+            model_kwargs=self.model_kwargs,
+            engine=self.engine,
+        )
 
     def moderate(self, conversations: Sequence[Conversation]) -> list[Verdict]:
         """One verdict per conversation, in input order."""
