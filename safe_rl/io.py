@@ -81,7 +81,13 @@ def load_rows(source: str, *, split: str = "train", config: str | None = None, *
             load_kwargs.setdefault("delimiter", "\t")
         if builder == "csv":
             load_kwargs.setdefault("keep_default_na", False)  # an empty cell is "", not NaN
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **load_kwargs)
+        bars = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.utils.logging.disable_progress_bar()  # "Generating train split" of a local file: noise, not progress
+        try:
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **load_kwargs)
+        finally:
+            if bars:
+                datasets.utils.logging.enable_progress_bar()
     if path.is_dir():
         try:
             return datasets.load_from_disk(str(path))

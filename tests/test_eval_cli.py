@@ -73,9 +73,9 @@ def test_eval_and_report_on_tiny_models(tmp_path, app, tiny_lm_dir):
     result = invoke(app, "report", out, tmp_path / "think", "--output", report, "--plot", plot)
     assert result.exit_code == 0, result.output
     text = report.read_text()
-    assert "| Model | think · Safety (WildGuard) ↑ | think · Refusal (WildGuard) ↓ |" in text.replace(
-        "non-think · Safety (WildGuard) ↑ | non-think · Refusal (WildGuard) ↓ | ", ""
-    )
+    columns = [f"{mode} · {what}" for mode in ("non-think", "think")
+               for what in ("Safety (WildGuard) ↑", "Refusal (WildGuard) ↓", "Unjudged (WildGuard)")]  # fmt: skip
+    assert "| Model | " + " | ".join(columns) + " |" in text
     assert text.split("## All rates")[0].count("| tiny |") == 1  # both modes of one model on one row
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
@@ -96,7 +96,7 @@ def test_usage_errors_are_one_line_and_checked_before_any_model_loads(tmp_path, 
         (["--policy", "/no/such/policy", "--benchmark", bench], "error: no such policy folder: /no/such/policy"),
         (["--policy", "toy:policy", "--benchmark", "data/typo.jsonl"], "error: no such benchmark file: data/typo"),
         (["--policy", "toy:policy", "--n-boot", 50], "error: n_boot must be at least 100"),
-        (["--policy", "toy:policy", "--limit", "all"], "error: argument --limit/--limit: invalid int value"),
+        (["--policy", "toy:policy", "--limit", "all"], "error: argument --limit: invalid int value"),
         (["--policy", "toy:policy", "--judge", "gpt"], "error: judge must be one of"),
         (["--policy", "toy:policy", "--polcy", "x"], "error: unknown argument(s) ['--polcy', 'x']"),
         (["--responses", tmp_path / "none.jsonl"], "error: no such responses file"),
@@ -115,7 +115,7 @@ def test_toy_policy_and_judge_and_a_failed_start_that_does_not_block(tmp_path, a
     broken = tmp_path / "broken-policy"
     broken.mkdir()  # a folder without a model: found, then fails to load after the run started
     failed = invoke(app, "eval", *toy[2:], "--policy", broken)
-    assert failed.exit_code == 2 and f"cannot load the policy '{broken}'" in failed.output, failed.output
+    assert failed.exit_code == 2 and f"cannot load the policy tokenizer '{broken}'" in failed.output, failed.output
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     result = invoke(app, "eval", *toy)  # no --resume needed: the failed start wrote no answer
     assert result.exit_code == 0, result.output

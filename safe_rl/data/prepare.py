@@ -211,11 +211,12 @@ def prepare_prompts(args: PrepareArguments, data: DataArguments, guard: GuardArg
 
 def plan(args: PrepareArguments, data: DataArguments, guard: GuardArguments) -> str:
     """What ``safe-rl prepare`` would do (``--dry-run``): the data are checked, no model loads."""
+    from safe_rl.data.wildjailbreak import TOY_SOURCE
     from safe_rl.io import check_local, looks_local
 
     check_local(data.data_source, "data file or folder")
     source = data.data_source
-    if looks_local(source):
+    if looks_local(source) or source == TOY_SOURCE:
         source += f" ({len(select_rows(args, data))} prompts of types {', '.join(data.data_types)})"
     lines = [f"prompts: {source}"]
     if args.rollouts:
