@@ -58,6 +58,17 @@ def check_local(source: str, what: str = "file") -> None:
         raise FileNotFoundError(f"no such {what}: {source}")
 
 
+def check_models(guard: Any = None, helpfulness: Any = None) -> None:
+    """The local folders an in-process guard (`rewards.arguments.GuardArguments`) and a helpfulness model
+    (`HelpfulnessArguments`) name must exist (checked before anything loads; a served guard's name is the server's)."""
+    if guard is not None and not guard.is_remote:
+        check_local(guard.guard_model, "guard folder")
+    if guard is not None and guard.guard_tokenizer:
+        check_local(guard.guard_tokenizer, "guard tokenizer folder")
+    if helpfulness is not None:
+        check_local(helpfulness.helpfulness_model, "helpfulness model folder")
+
+
 def load_rows(source: str, *, split: str = "train", config: str | None = None, **load_kwargs: Any) -> Any:
     """A `datasets.Dataset` from a local JSONL/JSON/CSV/TSV/Parquet file, a saved dataset folder or a hub dataset id.
 

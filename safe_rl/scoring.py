@@ -153,9 +153,10 @@ def fingerprint(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any,
 def score_file(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) -> dict[str, Any]:
     """Score every row of ``args.input`` into ``args.output`` (JSONL); return the summary. Everything is checked
     (settings, input, columns, an existing output's fingerprint) before a model loads."""
-    from safe_rl.io import ResumableJsonl, fill, read_jsonl, remove_output
+    from safe_rl.io import ResumableJsonl, check_models, fill, read_jsonl, remove_output
 
     output = Path(args.output)
+    check_models(guard, helpfulness if reward.reward_kind == "hybrid" else None)
     data = _load_input(args)
     if args.overwrite:
         remove_output(output)
@@ -185,8 +186,9 @@ def score_file(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) 
 
 def plan(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) -> str:
     """What ``safe-rl score`` would do (``--dry-run``); a local input is read and its columns checked."""
-    from safe_rl.io import looks_local
+    from safe_rl.io import check_models, looks_local
 
+    check_models(guard, helpfulness if reward.reward_kind == "hybrid" else None)
     rows = f" ({len(_load_input(args))} rows)" if looks_local(args.input) else ""
     lines = [f"input: {args.input}{rows}", f"reward: {reward.reward_kind} ({reward.reward_policy})",
              f"guard: {guard.describe()}"]  # fmt: skip

@@ -168,10 +168,13 @@ def prepare_prompts(args: PrepareArguments, data: DataArguments, guard: GuardArg
     """Select (and with ``rollouts`` filter) the prompts; write the output folder; return the report."""
     import datasets
 
-    from safe_rl.io import ResumableJsonl, check_local, fill, read_jsonl, remove_output
+    from safe_rl.io import ResumableJsonl, check_local, check_models, fill, read_jsonl, remove_output
 
     out = Path(args.output)
     check_local(data.data_source, "data file or folder")
+    if args.rollouts:
+        check_local(args.policy, "policy folder")
+        check_models(guard)
     if args.overwrite:
         remove_output(out / ROLLOUTS_FILE)
         shutil.rmtree(out / DATASET_DIR, ignore_errors=True)
@@ -212,9 +215,12 @@ def prepare_prompts(args: PrepareArguments, data: DataArguments, guard: GuardArg
 def plan(args: PrepareArguments, data: DataArguments, guard: GuardArguments) -> str:
     """What ``safe-rl prepare`` would do (``--dry-run``): the data are checked, no model loads."""
     from safe_rl.data.wildjailbreak import TOY_SOURCE
-    from safe_rl.io import check_local, looks_local
+    from safe_rl.io import check_local, check_models, looks_local
 
     check_local(data.data_source, "data file or folder")
+    if args.rollouts:
+        check_local(args.policy, "policy folder")
+        check_models(guard)
     source = data.data_source
     if looks_local(source) or source == TOY_SOURCE:
         source += f" ({len(select_rows(args, data))} prompts of types {', '.join(data.data_types)})"

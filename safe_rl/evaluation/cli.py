@@ -20,13 +20,24 @@ EVAL_HELP = (
 REPORT_HELP = "Put finished runs side by side in the layout of the Qwen3Guard report's Table 10 (+ a PNG plot)."
 
 
+def plan(config: Any, prompts: list[Any] | None) -> str:
+    """What a run of ``config`` would do (``--dry-run``)."""
+    source = config.responses or (f"{config.policy} served at {config.base_url}" if config.base_url else config.policy)
+    n = "read from the hub when the run starts" if prompts is None else f"{len(prompts)} answers to judge"
+    judge = config.judge_model or "its default model"
+    where = f"served at {config.judge_base_url}" if config.judge_base_url else "in-process"
+    lines = [f"answers: {source} ({config.mode})", f"benchmark: {config.benchmark} ({n})",
+             f"judge: {config.judge} ({judge}, {where})", f"output: {config.output}"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def run_eval_command(config: Any) -> None:
     """The body of `safe-rl eval`: a dry run prints the plan; a run prints its Table 10 row at the end. A run stopped
     by server failures exits with status 1 (continue it with --resume)."""
     from rewards.loading import ModelLoadError
     from safe_rl.evaluation.benchmarks import load_benchmark
     from safe_rl.evaluation.report import load_run, runs_markdown
-    from safe_rl.evaluation.run import check_sources, plan, run_eval
+    from safe_rl.evaluation.run import check_sources, run_eval
     from safe_rl.io import looks_local
 
     if config.dry_run:

@@ -283,8 +283,8 @@ def _generate(policy: Policy, prompts: list[EvalPrompt], out: Path, config: Eval
         if isinstance(policy, ResponsesFilePolicy):
             policy.check([p for p in prompts if p.id not in sink.done])
         filled = fill(sink, prompts, key=lambda p: p.id, work=policy.generate, row=_response_row,
-                      chunk_size=policy.chunk_size, desc="generate", unit="answer", order=lambda p: -len(p.prompt),
-                      progress=config.progress)  # fmt: skip
+                      chunk_size=policy.chunk_size, desc=f"{config.display_label}: generate", unit="answer",
+                      order=lambda p: -len(p.prompt), progress=config.progress)  # fmt: skip
     if hasattr(policy, "close"):
         policy.close()
     if filled.failed:
@@ -315,7 +315,7 @@ def _judge(judge: Judge, prompts: list[EvalPrompt], answers: dict, out: Path, co
         out / SAMPLES_FILE, key="id", resume=True, fingerprint=verdicts_fingerprint, retry=retry
     ) as sink:
         filled = fill(sink, prompts, key=lambda p: p.id, work=work, row=row, chunk_size=judge.chunk_size,
-                      desc=f"judge ({judge.name})", unit="answer",
+                      desc=f"{config.display_label}: judge ({judge.name})", unit="answer",
                       order=lambda p: -(len(p.prompt) + len(answers[p.id]["answer"])), progress=config.progress)  # fmt: skip
     if filled.failed:
         raise RuntimeError(
@@ -342,17 +342,6 @@ def check_sources(config: EvalConfig) -> None:
         check_local(config.policy, "policy folder")
     if config.judge_model and config.judge_base_url is None:
         check_local(config.judge_model, "judge folder")
-
-
-def plan(config: EvalConfig, prompts: list[EvalPrompt] | None) -> str:
-    """What a run of ``config`` would do (``--dry-run``)."""
-    source = config.responses or (f"{config.policy} served at {config.base_url}" if config.base_url else config.policy)
-    n = "read from the hub when the run starts" if prompts is None else f"{len(prompts)} answers to judge"
-    judge = config.judge_model or "its default model"
-    where = f"served at {config.judge_base_url}" if config.judge_base_url else "in-process"
-    lines = [f"answers: {source} ({config.mode})", f"benchmark: {config.benchmark} ({n})",
-             f"judge: {config.judge} ({judge}, {where})", f"output: {config.output}"]  # fmt: skip
-    return "\n".join(lines)
 
 
 def run_eval(config: EvalConfig, *, policy: Policy | None = None, judge: Judge | None = None) -> dict[str, Any]:

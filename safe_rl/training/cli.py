@@ -29,6 +29,10 @@ def path_problems(cfg: Any) -> list[str]:
     checks = [(cfg.model.model_name_or_path, "policy folder"), (cfg.data.data_source, "data file or folder")]
     if prompts:
         checks.append((source if sep and name in BENCHMARKS else prompts, "evaluation prompts file"))
+    if not cfg.guard.is_remote:
+        checks.append((cfg.guard.guard_model, "guard folder"))
+    if "hybrid" in cfg.kinds:
+        checks.append((cfg.helpfulness.helpfulness_model, "helpfulness model folder"))
     problems = []
     for path, what in checks:
         try:
