@@ -97,8 +97,8 @@ class EvalConfig:
         default=None, metadata={"help": "Judge answer limit (default per judge)."}
     )
     judge_policy: str = field(default="strict", metadata={"help": "qwen3guard: strict|loose for Controversial."})
-    judge_extra_body: dict[str, Any] | None = field(
-        default=None, metadata={"help": "llm judge: extra request fields."}
+    judge_extra_body: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "llm judge: extra request fields (JSON on the command line)."}
     )
     n_boot: int = field(
         default=2000, metadata={"help": f"Bootstrap resamples for the 95%% intervals (>= {MIN_BOOTSTRAP})."}
@@ -108,6 +108,13 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.judge not in JUDGES:
             raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}")
+        if isinstance(self.judge_extra_body, str):
+            try:
+                self.judge_extra_body = json.loads(self.judge_extra_body)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"judge_extra_body must be a JSON object: {exc}") from None
+            if not isinstance(self.judge_extra_body, dict):
+                raise ValueError("judge_extra_body must be a JSON object")
         if self.responses is None and not self.policy:
             raise ValueError("pass --policy (a model, or the served model name with --base-url) or --responses FILE")
         if self.responses is not None and (self.base_url is not None or self.policy):
