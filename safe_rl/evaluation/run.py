@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -68,7 +69,9 @@ class EvalConfig:
     samples: int = field(default=1, metadata={"help": "Answers per prompt (ids ID#0, ID#1, ...)."})
     seed: int = field(default=0, metadata={"help": "Seed of the subset, the sampling and the bootstrap."})
     base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server of the policy."})
-    api_key: str | None = field(default=None, metadata={"help": "Policy server key (else $OPENAI_API_KEY)."})
+    api_key: str | None = field(
+        default=None, metadata={"help": "Policy server key (else $SAFE_RL_API_KEY, else $OPENAI_API_KEY)."}
+    )
     responses: str | None = field(
         default=None, metadata={"help": "Judge the responses in this file (with its labels) instead of generating."}
     )
@@ -91,7 +94,9 @@ class EvalConfig:
     dtype: str = field(default="auto", metadata={"help": "dtype of local models (auto: bf16 on GPU, fp32 on CPU)."})
     max_concurrency: int = field(default=16, metadata={"help": "Concurrent requests per server."})
     judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server of the judge."})
-    judge_api_key: str | None = field(default=None, metadata={"help": "Judge server key (else $OPENAI_API_KEY)."})
+    judge_api_key: str | None = field(
+        default=None, metadata={"help": "Judge server key (else $SAFE_RL_JUDGE_API_KEY, else $OPENAI_API_KEY)."}
+    )
     judge_batch_size: int = field(default=8, metadata={"help": "Judge batch size (transformers)."})
     judge_max_new_tokens: int | None = field(
         default=None, metadata={"help": "Judge answer limit (default per judge)."}
@@ -183,7 +188,7 @@ def build_policy(config: EvalConfig) -> Policy:
             config.base_url,
             think=bool(config.think),
             sampling=config.sampling,
-            api_key=config.api_key,
+            api_key=config.api_key or os.environ.get("SAFE_RL_API_KEY"),
             system_prompt=config.system_prompt,
             max_concurrency=config.max_concurrency,
         )
@@ -201,7 +206,7 @@ def build_policy(config: EvalConfig) -> Policy:
 def build_judge(config: EvalConfig) -> Judge:
     kwargs: dict[str, Any] = {
         "base_url": config.judge_base_url,
-        "api_key": config.judge_api_key,
+        "api_key": config.judge_api_key or os.environ.get("SAFE_RL_JUDGE_API_KEY"),
         "max_concurrency": config.max_concurrency,
     }
     if config.judge in ("wildguard", "qwen3guard"):
