@@ -91,14 +91,27 @@ class GuardArguments:
     def is_remote(self) -> bool:
         return self.guard_base_url is not None
 
+    @property
+    def api_key(self) -> str | None:
+        """``guard_api_key``, else the ``SAFE_RL_GUARD_API_KEY`` variable (unset: no key)."""
+        return self.guard_api_key or os.environ.get(env_name("guard_api_key")) or None
+
     def build(self) -> Any:
-        """The guard (`rewards.Qwen3GuardGen` or `rewards.Qwen3GuardStream`); models load on first use."""
+        """The guard (`rewards.Qwen3GuardGen` or `rewards.Qwen3GuardStream`); models load on first use.
+
+        An in-process guard's model and tokenizer names are resolved first (`rewards.loading.resolve_model_name`),
+        so a ``toy:`` name works here as everywhere; a served guard keeps the name the server serves.
+        """
+        from rewards.loading import resolve_model_name
+
+        model = self.guard_model if self.is_remote else resolve_model_name(self.guard_model)
+        tokenizer = resolve_model_name(self.guard_tokenizer) if self.guard_tokenizer else None
         if self.guard_kind == "stream":
             from rewards.guards.stream import Qwen3GuardStream
 
             return Qwen3GuardStream(
-                self.guard_model,
-                tokenizer=self.guard_tokenizer,
+                model,
+                tokenizer=tokenizer,
                 device=self.guard_device,
                 dtype=self.guard_dtype,
                 batch_size=self.guard_batch_size,
@@ -107,10 +120,10 @@ class GuardArguments:
         from rewards.guards.gen import Qwen3GuardGen
 
         return Qwen3GuardGen(
-            self.guard_model,
+            model,
             base_url=self.guard_base_url,
-            api_key=self.guard_api_key,
-            tokenizer=self.guard_tokenizer,
+            api_key=self.api_key,
+            tokenizer=tokenizer,
             device=self.guard_device,
             dtype=self.guard_dtype,
             batch_size=self.guard_batch_size,

@@ -143,13 +143,14 @@ def measure_config(config: str, steps: int, overrides: Sequence[str] = ()) -> di
     The first step of each kind is left out of the share (it loads the guard and warms caches). Evaluation and
     saving are skipped: they are not part of a step.
     """
-    from safe_rl.toy.compact import torch_threads
-    from safe_rl.training.config import load_train_config, resolve_model
+    from rewards.loading import resolve_model_name
+    from safe_rl.threads import torch_threads
+    from safe_rl.training.config import load_train_config
     from safe_rl.training.train import build_prompt_dataset
 
     work = Path(tempfile.mkdtemp(prefix="bench-grpo-share-"))
     cfg = load_train_config(config, ["--max_steps", str(steps), "--output_dir", str(work), *overrides])
-    policy = resolve_model(cfg.model.model_name_or_path)
+    policy = resolve_model_name(cfg.model.model_name_or_path)
     dataset = build_prompt_dataset(cfg)
     # As `run_training` does: the file's env OMP_NUM_THREADS.
     threads = torch_threads(cfg.torch_threads) if cfg.torch_threads else contextlib.nullcontext()
@@ -162,14 +163,13 @@ def measure_config(config: str, steps: int, overrides: Sequence[str] = ()) -> di
 def _measure_kinds(cfg, policy: str, dataset, work: Path, steps: int) -> dict:
     from trl.trainer.utils import is_async_callable
 
-    from safe_rl.training.reward_setup import make_guard, make_helpfulness, make_reward
-    from safe_rl.training.train import make_trainer
+    from safe_rl.training.train import make_reward, make_trainer
 
-    guard = make_guard(cfg.reward)
-    helpfulness = make_helpfulness(cfg.reward) if "hybrid" in cfg.reward.kinds else None
+    guard = cfg.guard.build()
+    helpfulness = cfg.helpfulness.build() if "hybrid" in cfg.kinds else None
     result: dict = {"steps_per_kind": steps, "torch_threads": torch.get_num_threads(), "kinds": {}}
-    for kind in cfg.reward.kinds:
-        reward = Timed(make_reward(cfg.reward, kind, guard=guard, helpfulness=helpfulness))
+    for kind in cfg.kinds:
+        reward = Timed(make_reward(cfg, kind, guard=guard, helpfulness=helpfulness))
         if is_async_callable(reward.reward):
             raise SystemExit("an async reward (remote guard) overlaps other work: time it with its trainer logs")
         timer = StepTimer()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serve Qwen3Guard-Gen with vLLM (OpenAI-compatible) for the reward: reward.guard_base_url = http://HOST:PORT/v1.
+# Serve Qwen3Guard-Gen with vLLM (OpenAI-compatible) for the reward: guard.base_url = http://HOST:PORT/v1.
 # The server applies the guard's own chat template; the reward escapes policy text before sending it.
 # DRY_RUN=1 prints the command instead of running it.
 set -euo pipefail

@@ -21,4 +21,4 @@ fi
 run env CUDA_VISIBLE_DEVICES="$(seq -s, 0 $((TRAIN_GPUS - 1)))" accelerate launch \
   --config_file "${ACCELERATE_CONFIG}" \
   --num_processes "${TRAIN_GPUS}" \
-  -m safe_rl.training --config "${CONFIG}" --reward_guard_base_url "${GUARD_URL}" "$@"
+  -m safe_rl.training --config "${CONFIG}" --guard_base_url "${GUARD_URL}" "$@"

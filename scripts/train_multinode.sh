@@ -24,4 +24,4 @@ run accelerate launch \
   --main_process_ip "${MAIN_ADDR}" \
   --main_process_port "${MAIN_PORT}" \
   --num_processes "$((NUM_NODES * GPUS_PER_NODE))" \
-  -m safe_rl.training --config "${CONFIG}" --reward_guard_base_url "${GUARD_URL}" "$@"
+  -m safe_rl.training --config "${CONFIG}" --guard_base_url "${GUARD_URL}" "$@"

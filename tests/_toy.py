@@ -57,7 +57,7 @@ def sample_policy(policy_dir: Path, prompts: list[str], *, rounds: int = 1, seed
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from safe_rl.toy.compact import torch_threads
+    from safe_rl.threads import torch_threads
     from safe_rl.toy.policy import policy_prompt_ids
 
     tok = AutoTokenizer.from_pretrained(policy_dir)

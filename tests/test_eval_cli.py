@@ -43,7 +43,7 @@ def test_eval_and_report_on_tiny_models(tmp_path, app, tiny_lm_dir):
     bench = write_benchmark(tmp_path / "bench.jsonl")
     out = tmp_path / "non-think"
     common = ["--benchmark", bench, "--judge", "wildguard", "--judge-model", tiny_lm_dir, "--max-new-tokens", 8,
-              "--judge-max-new-tokens", 16, "--batch-size", 4, "--judge-batch-size", 4, "--no-progress"]  # fmt: skip
+              "--judge_max_new_tokens", 16, "--batch-size", 4, "--judge-batch-size", 4, "--no-progress"]  # fmt: skip
     result = invoke(app, "eval", "--policy", tiny_lm_dir, "--output", out, "--label", "tiny", *common)
     assert result.exit_code == 0, result.output
     assert "| tiny |" in result.output  # the run's Table 10 row is printed
@@ -73,24 +73,72 @@ def test_eval_and_report_on_tiny_models(tmp_path, app, tiny_lm_dir):
     result = invoke(app, "report", out, tmp_path / "think", "--output", report, "--plot", plot)
     assert result.exit_code == 0, result.output
     text = report.read_text()
-    assert "| Model | think · Safety (WildGuard) ↑ | think · Refusal (WildGuard) ↓ |" in text.replace(
-        "non-think · Safety (WildGuard) ↑ | non-think · Refusal (WildGuard) ↓ | ", ""
-    )
+    columns = [f"{mode} · {what}" for mode in ("non-think", "think")
+               for what in ("Safety (WildGuard) ↑", "Refusal (WildGuard) ↓", "Unjudged (WildGuard)")]  # fmt: skip
+    assert "| Model | " + " | ".join(columns) + " |" in text
     assert text.split("## All rates")[0].count("| tiny |") == 1  # both modes of one model on one row
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
     # Refusals: an existing run without --resume, and --resume with other settings.
     again = invoke(app, "eval", "--policy", tiny_lm_dir, "--output", out, *common)
-    assert again.exit_code == 2 and "--resume" in again.output
+    assert again.exit_code == 2 and "--resume" in again.output and "--overwrite" in again.output
     other = invoke(app, "eval", "--policy", tiny_lm_dir, "--output", out, "--resume", "--think", *common)
-    assert other.exit_code == 2 and "think: False -> True" in other.output
+    assert other.exit_code == 2 and "settings.think: False -> True" in other.output
+    fewer = invoke(app, "eval", "--policy", tiny_lm_dir, "--output", out, "--resume", "--limit", 3, *common)
+    assert fewer.exit_code == 2 and "input.prompts: 7 -> 3" in fewer.output  # another input: refused
+    assert "Traceback" not in again.output + other.output + fewer.output
+
+
+def test_usage_errors_are_one_line_and_checked_before_any_model_loads(tmp_path, app):
+    bench = write_benchmark(tmp_path / "bench.jsonl")
+    out = tmp_path / "run"
+    cases = [
+        (["--policy", "/no/such/policy", "--benchmark", bench], "error: no such policy folder: /no/such/policy"),
+        (["--policy", "toy:policy", "--benchmark", "data/typo.jsonl"], "error: no such benchmark file: data/typo"),
+        (["--policy", "toy:policy", "--n-boot", 50], "error: n_boot must be at least 100"),
+        (["--policy", "toy:policy", "--limit", "all"], "error: argument --limit: invalid int value"),
+        (["--policy", "toy:policy", "--judge", "gpt"], "error: judge must be one of"),
+        (["--policy", "toy:policy", "--polcy", "x"], "error: unknown argument(s) ['--polcy', 'x']"),
+        (["--responses", tmp_path / "none.jsonl"], "error: no such responses file"),
+    ]
+    for args, message in cases:
+        result = invoke(app, "eval", "--output", out, *args)
+        assert result.exit_code == 2 and result.output.startswith(message), (args, result.output)
+        assert result.output.count("\n") == 1, result.output
+    assert not out.exists()  # nothing was started
+
+
+def test_toy_policy_and_judge_and_a_failed_start_that_does_not_block(tmp_path, app):
+    out = tmp_path / "toy"
+    toy = ["--policy", "toy:policy", "--benchmark", "toy", "--judge", "toy", "--limit", 8, "--max_new_tokens", 24,
+           "--temperature", 1, "--top_k", 50, "--top_p", 1, "--no-progress", "--output", out]  # fmt: skip
+    broken = tmp_path / "broken-policy"
+    broken.mkdir()  # a folder without a model: found, then fails to load after the run started
+    failed = invoke(app, "eval", *toy[2:], "--policy", broken)
+    assert failed.exit_code == 2 and f"cannot load the policy tokenizer '{broken}'" in failed.output, failed.output
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    result = invoke(app, "eval", *toy)  # no --resume needed: the failed start wrote no answer
+    assert result.exit_code == 0, result.output
+    assert "| toy:policy |" in result.output and "Unjudged (toy judge)" in result.output
+    samples = list(read_jsonl(out / "samples.jsonl"))
+    assert len(samples) == 8 and {s["judge"] for s in samples} == {"toy"}
+    # The same answers judged again from the responses file, with the labels recorded beside them.
+    again = invoke(app, "eval", "--responses", out / "responses.jsonl", "--judge", "toy", "--output", tmp_path / "r",
+                   "--no-progress")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (out, tmp_path / "r"))
+    assert second["counts"]["n_harmful"] == first["counts"]["n_harmful"] > 0
+    assert second["rates"] == first["rates"]
+    report = invoke(app, "report", out, tmp_path / "r", "--pairs", 2, "--no-details")
+    assert report.exit_code == 0 and "## Answers side by side: toy:policy → toy:policy" in report.output
+    assert report.output.count("- toy:policy [") == 4
 
 
 def test_report_refuses_unfinished_runs(tmp_path, app):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text("{}")
     result = invoke(app, "report", tmp_path / "run")
-    assert result.exit_code == 2 and "--resume" in result.output
+    assert result.exit_code == 2 and "--resume" in result.output and result.output.startswith("error: ")
 
 
 def _lines(path: Path) -> int:

@@ -15,6 +15,7 @@ import pytest
 from _eval import (
     BENCHMARK_ROWS,
     EXPECTED,
+    REFUSED,
     ScriptedAnswer,
     answer_for_response,
     responses_for,
@@ -55,8 +56,8 @@ def test_responses_file_with_in_process_wildguard(tmp_path, files, tiny_lm_dir, 
     script = ScriptedAnswer(qwen_tokenizer, wildguard_rule)
     judge = WildGuardJudge(str(judge_dir), batch_size=3, logits_processor=script)
     config = EvalConfig(output=str(tmp_path / "run"), responses=str(responses), benchmark=str(bench),
-                        judge_model=str(judge_dir))  # fmt: skip
-    metrics = run_eval(config, judge=judge, progress=False)
+                        judge_model=str(judge_dir), progress=False)  # fmt: skip
+    metrics = run_eval(config, judge=judge)
     assert_expected(metrics)
     # The model read exactly WildGuard's format, one exchange per row, with the answer (thinking removed).
     answers = {r["id"]: split_thinking(r["response"]).answer for r in responses_for()}
@@ -94,8 +95,8 @@ def test_server_policy_and_llm_judge(tmp_path, files):
     with LoopbackServer(policy_and_judge_server) as server:
         config = EvalConfig(output=str(tmp_path / "run"), policy="stub/policy", base_url=server.base_url, think=True,
                             benchmark=str(bench), judge="llm", judge_model="stub/Qwen3-235B",
-                            judge_base_url=server.base_url)  # fmt: skip
-        metrics = run_eval(config, progress=False)
+                            judge_base_url=server.base_url, progress=False)  # fmt: skip
+        metrics = run_eval(config)
     assert_expected(metrics)
     policy_requests = [r for r in server.requests if "<BEGIN" not in r["messages"][-1]["content"]]
     assert len(policy_requests) == 8  # 7 prompts + 1 retry
@@ -127,13 +128,14 @@ def test_wildguard_server_and_resume_after_failures(tmp_path, files):
             {"choices": [{"text": wildguard_rule(body["prompt"]), "finish_reason": "stop"}]}
         ).encode()
 
-    config = dict(output=str(tmp_path / "run"), responses=str(responses), benchmark=str(bench), judge_model="wg")
+    config = dict(output=str(tmp_path / "run"), responses=str(responses), benchmark=str(bench), judge_model="wg",
+                  progress=False)  # fmt: skip
     with LoopbackServer(wildguard_server) as server:
         with pytest.raises(RuntimeError, match="1 answer"):
-            run_eval(EvalConfig(**config, judge_base_url=server.base_url), progress=False)
+            run_eval(EvalConfig(**config, judge_base_url=server.base_url))
         assert len(list(read_jsonl(tmp_path / "run" / "samples.jsonl"))) == 6  # the failed one is not written
         state["down"] = False
-        metrics = run_eval(EvalConfig(**config, judge_base_url=server.base_url, resume=True), progress=False)
+        metrics = run_eval(EvalConfig(**config, judge_base_url=server.base_url, resume=True))
     assert_expected(metrics)
     ids = [r["id"] for r in read_jsonl(tmp_path / "run" / "samples.jsonl")]
     assert sorted(ids) == sorted(i for i, *_ in BENCHMARK_ROWS)
@@ -147,8 +149,8 @@ def test_qwen3guard_judge_is_labelled_and_failures_counted(tmp_path, files, qwen
     bench, responses = files
     guard_dir = build_tiny_guard(tmp_path / "guard", qwen_tokenizer_path)  # random weights: unreadable verdicts
     config = EvalConfig(output=str(tmp_path / "run"), responses=str(responses), benchmark=str(bench),
-                        judge="qwen3guard", judge_model=str(guard_dir), judge_batch_size=4)  # fmt: skip
-    metrics = run_eval(config, progress=False)
+                        judge="qwen3guard", judge_model=str(guard_dir), judge_batch_size=4, progress=False)  # fmt: skip
+    metrics = run_eval(config)
     assert metrics["counts"]["judge_failures"] == 7
     assert metrics["rates"]["safety"]["value"] == 0.0  # never a silent "safe"
     assert metrics["rates"]["refusal_benign"]["value"] == 1.0 and metrics["rates"]["refusal_harmful"]["value"] == 0.0
@@ -164,4 +166,49 @@ def test_config_validation(tmp_path):
         EvalConfig(output=str(tmp_path), policy="p", judge="gpt")
     with pytest.raises(ValueError, match="--judge-base-url"):
         EvalConfig(output=str(tmp_path), policy="p", judge="llm")
+    with pytest.raises(ValueError, match="n_boot"):
+        EvalConfig(output=str(tmp_path), policy="p", n_boot=50)  # before anything is generated
+    with pytest.raises(ValueError, match="top_p"):
+        EvalConfig(output=str(tmp_path), policy="p", top_p=1.5)
+    with pytest.raises(ValueError, match="--retry-failed"):
+        EvalConfig(output=str(tmp_path), policy="p", retry_failed=True)
     assert EvalConfig(output=str(tmp_path), policy="p").benchmark == "wildjailbreak"
+
+
+def test_resume_fingerprint_broken_lines_and_retry_failed(tmp_path, files):
+    """The verdicts file records its input and settings: a resume against other answers is refused; a broken line
+    is named with its file and line; --retry-failed judges the unreadable verdicts again."""
+    bench, responses = files
+    run = tmp_path / "run"
+    calls = {"n": 0}
+
+    def wildguard_server(body, n):
+        calls["n"] += 1
+        text = wildguard_rule(body["prompt"])
+        if "GARBLE" in body["prompt"] and state["fixed"]:
+            text = REFUSED
+        return 200, json.dumps({"choices": [{"text": text, "finish_reason": "stop"}]}).encode()
+
+    state = {"fixed": False}
+    with LoopbackServer(wildguard_server) as server:
+        config = dict(output=str(run), responses=str(responses), benchmark=str(bench), judge_model="wg",
+                      judge_base_url=server.base_url, progress=False)  # fmt: skip
+        first = run_eval(EvalConfig(**config))
+        assert first["counts"]["judge_failures"] == 1  # h4: unreadable
+        # other answers to the same prompts: refused, naming what differs
+        other = tmp_path / "other.jsonl"
+        other.write_text("".join(json.dumps({**r, "response": "Sorry."}) + "\n" for r in responses_for()))
+        with pytest.raises(ValueError, match="responses_sha256"):
+            run_eval(EvalConfig(**{**config, "responses": str(other)}, resume=True))
+        # a broken line (not the torn last one) is an error naming the file and the line
+        lines = (run / "samples.jsonl").read_text().splitlines(keepends=True)
+        (run / "samples.jsonl").write_text(lines[0] + "{broken\n" + "".join(lines[1:]))
+        with pytest.raises(ValueError, match=r"samples.jsonl line 2: not a JSON object"):
+            run_eval(EvalConfig(**config, resume=True))
+        (run / "samples.jsonl").write_text("".join(lines))
+        # --retry-failed: the unreadable verdict is asked again (and now reads), nothing else is
+        state["fixed"], before = True, calls["n"]
+        again = run_eval(EvalConfig(**config, resume=True, retry_failed=True))
+    assert calls["n"] - before == 1 and again["counts"]["judge_failures"] == 0
+    ids = [r["id"] for r in read_jsonl(run / "samples.jsonl")]
+    assert sorted(ids) == sorted(i for i, *_ in BENCHMARK_ROWS)

@@ -75,7 +75,7 @@ def test_train_1node_prints_accelerate_launch():
     assert args.config_file == "configs/accelerate/zero3.yaml" and (REPO / args.config_file).exists()
     assert args.num_processes == 7 and args.module and args.training_script == "safe_rl.training"
     assert args.training_script_args == [
-        "--config", CONFIG, "--reward_guard_base_url", "http://localhost:8001/v1", "--resume", "--learning_rate", "2e-6"
+        "--config", CONFIG, "--guard_base_url", "http://localhost:8001/v1", "--resume", "--learning_rate", "2e-6"
     ]  # fmt: skip
     # what the training processes would run resolves on this machine
     out = _train_dry_run(args.training_script_args)
@@ -84,7 +84,7 @@ def test_train_1node_prints_accelerate_launch():
     argv = _printed("train_1node.sh", CONFIG, TRAIN_GPUS="4", GUARD_URL="http://g:1/v1", ACCELERATE_CONFIG="a.yaml")
     args = _accelerate_args(argv)
     assert argv[1] == "CUDA_VISIBLE_DEVICES=0,1,2,3" and args.num_processes == 4 and args.config_file == "a.yaml"
-    assert args.training_script_args == ["--config", CONFIG, "--reward_guard_base_url", "http://g:1/v1"]
+    assert args.training_script_args == ["--config", CONFIG, "--guard_base_url", "http://g:1/v1"]
 
 
 def test_train_multinode_prints_rank_and_address():
@@ -96,7 +96,7 @@ def test_train_multinode_prints_rank_and_address():
     assert (args.num_machines, args.machine_rank, args.num_processes) == (4, 1, 32)  # 4 nodes x 8 GPUs
     assert (args.main_process_ip, args.main_process_port) == ("10.0.0.1", 29500)
     assert args.training_script_args == [
-        "--config", CONFIG, "--reward_guard_base_url", "http://10.0.0.9:8001/v1", "--max_steps", "10"
+        "--config", CONFIG, "--guard_base_url", "http://10.0.0.9:8001/v1", "--max_steps", "10"
     ]  # fmt: skip
     assert "max_steps: 10" in _train_dry_run(args.training_script_args)
 

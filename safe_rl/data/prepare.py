@@ -1,15 +1,18 @@
 """`prepare`: the training prompts of the Qwen3Guard report, optionally filtered by rollouts.
 
 Prompts: WildJailbreak train, ``vanilla_harmful`` + ``adversarial_harmful`` (hub or a local file with the same
-columns). Rollout filter (report §3.5): ``k`` answers per prompt from the policy, judged by the guard (thinking and
-answer, strict policy); prompts whose judged answers are all safe or all unsafe teach nothing to a group-relative
-method and are dropped (the paper kept 13.7k prompts in think mode, 6.7k in non-think mode). Prompts with fewer than
-two readable judgements are dropped as ``unjudged``. Rollouts come from transformers or vLLM (``vllm=True``) with the
-same `SamplingOptions`; the batch starting at prompt ``i`` samples with ``seed + i`` on both backends.
+columns; the ``data`` section of the training config, `DataArguments`). Rollout filter (report §3.5, ``--rollouts
+K``): K answers per prompt from the policy, judged by the guard (thinking and answer, strict policy); prompts whose
+judged answers are all safe or all unsafe teach nothing to a group-relative method and are dropped (the paper kept
+13.7k prompts in think mode, 6.7k in non-think mode). Prompts with fewer than two readable judgements are dropped as
+``unjudged``. Rollouts come from transformers or vLLM (``--vllm``) by `safe_rl.sampling`'s seeding rule: the batch
+starting at prompt ``i`` samples with ``seed + i`` on both backends.
 
 Output folder:
-- ``rollouts.jsonl``: one row per prompt as it is judged (kill-safe; ``resume=True`` continues it);
-- ``dataset/``: the kept prompts, a `datasets` dataset (``prompt``, ``data_type``, ``n_unsafe``, ``n_judged``);
+- ``rollouts.jsonl``: one row per prompt as it is judged (kill-safe; ``--resume`` continues it, after checking its
+  fingerprint: the same prompts and settings);
+- ``dataset/``: the kept prompts, a `datasets` dataset (``prompt``, ``data_type``, ``n_unsafe``, ``n_judged``), the
+  training config's ``data.source``;
 - ``report.json``: counts kept and dropped, per reason and per data type.
 """
 
@@ -18,59 +21,62 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safe_rl.data.wildjailbreak import HARMFUL_TYPES, HUB_ID, load_wildjailbreak, select_prompts
+from rewards.arguments import GuardArguments
+from safe_rl.data.arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 
 ROLLOUTS_FILE, DATASET_DIR, REPORT_FILE = "rollouts.jsonl", "dataset", "report.json"
-# Qwen3's recommended sampling per mode (model card), used when temperature/top_p are not given.
-QWEN3_SAMPLING = {True: (0.6, 0.95), False: (0.7, 0.8)}
+DEFAULT_POLICY = "Qwen/Qwen3-4B"
 
 
 @dataclass
-class PrepareConfig:
-    """Settings of `prepare_prompts` (the ``safe-rl prepare`` flags)."""
+class PrepareArguments:
+    """`safe-rl prepare`'s own settings (the prompts are the ``data`` section's, the guard the ``guard`` section's)."""
 
-    output: str
-    source: str = HUB_ID
-    config: str | None = "train"
-    split: str = "train"
-    data_types: list[str] = field(default_factory=lambda: list(HARMFUL_TYPES))
-    prompt_column: str | None = None
-    max_prompts: int | None = None
-    seed: int = 0
-    filter: bool = False
-    policy: str = "Qwen/Qwen3-4B"
-    guard: str = "Qwen/Qwen3Guard-Gen-4B"
-    guard_base_url: str | None = None
-    guard_policy: str = "strict"
-    k: int = 8
-    think: bool = False
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int = 0
-    max_new_tokens: int = 1024
-    prompts_per_batch: int = 8
-    vllm: bool = False
-    resume: bool = False
+    output: str = field(metadata={"help": "Output folder (rollouts.jsonl, dataset/, report.json)."})
+    rollouts: int = field(
+        default=0, metadata={"help": "Filter by this many rollouts per prompt (the paper: 8); 0: no filter."}
+    )
+    policy: str = field(
+        default=DEFAULT_POLICY, metadata={"help": "Policy for the rollouts: hub id, folder, toy:policy."}
+    )
+    filter_policy: str = field(default="strict", metadata={"help": "strict (Controversial = unsafe) or loose."})
+    temperature: float | None = field(default=None, metadata={"help": "Default: Qwen3's recommendation per mode."})
+    top_p: float | None = field(default=None, metadata={"help": "Default: Qwen3's recommendation per mode."})
+    top_k: int | None = field(default=None, metadata={"help": "Top-k tokens only (0: all; default: Qwen3's, 20)."})
+    max_new_tokens: int = field(default=1024, metadata={"help": "Longest rollout, in tokens."})
+    prompts_per_batch: int = field(default=8, metadata={"help": "Prompts per generation batch (x rollouts answers)."})
+    vllm: bool = field(default=False, metadata={"help": "Generate the rollouts with vLLM."})
+    seed: int = field(default=0, metadata={"help": "Seed of the prompt sample and of the rollouts."})
+    resume: bool = field(default=False, metadata={"help": "Continue an interrupted run in --output."})
+    overwrite: bool = field(default=False, metadata={"help": "Delete an earlier run in --output and start again."})
+    dry_run: bool = field(default=False, metadata={"help": "Check the settings and the data, print the plan, exit."})
 
     def __post_init__(self) -> None:
-        if self.k < 2:
-            raise ValueError(f"k must be at least 2 (a group needs a contrast), got {self.k}")
-        if self.prompts_per_batch < 1:
-            raise ValueError("prompts_per_batch must be positive")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError("max_prompts must be positive")
+        if self.rollouts == 1 or self.rollouts < 0:
+            raise ValueError(
+                f"rollouts must be 0 (no filter) or at least 2 (a group needs a contrast), got {self.rollouts}"
+            )
+        if self.prompts_per_batch < 1 or self.max_new_tokens < 1:
+            raise ValueError("prompts_per_batch and max_new_tokens must be positive")
+        if self.filter_policy not in ("strict", "loose"):
+            raise ValueError(f"filter_policy must be strict or loose, got {self.filter_policy!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --output, --overwrite deletes it: pass one")
+        self.sampling(False)  # checks temperature, top-p and top-k now, before anything loads
 
-    @property
-    def sampling(self) -> tuple[float, float]:
-        temperature, top_p = QWEN3_SAMPLING[self.think]
-        return (self.temperature if self.temperature is not None else temperature, self.top_p or top_p)
+    def sampling(self, think: bool) -> Any:
+        from safe_rl.evaluation.policies import SamplingConfig
+
+        config = SamplingConfig(self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.seed)
+        return config.options(think, samples=max(self.rollouts, 1))
 
 
 def drop_reason(n_unsafe: int, n_judged: int) -> str | None:
@@ -90,108 +96,139 @@ def drop_reason(n_unsafe: int, n_judged: int) -> str | None:
 
 
 class _Rollouts:
-    """k answers per prompt from the policy, judged by the guard."""
+    """K answers per prompt from the policy, judged by the guard (models load on the first batch)."""
 
-    def __init__(self, cfg: PrepareConfig):
-        from rewards import GuardOnlyReward, Qwen3GuardGen
-        from safe_rl.data.rollouts import SamplingOptions
-        from safe_rl.training.config import resolve_model
+    def __init__(self, args: PrepareArguments, data: DataArguments, guard: GuardArguments):
+        from rewards.safety_rewards import GuardOnlyReward
 
-        self.cfg = cfg
-        guard_model = cfg.guard if cfg.guard_base_url else resolve_model(cfg.guard)
-        self.judge = GuardOnlyReward(Qwen3GuardGen(guard_model, base_url=cfg.guard_base_url), policy=cfg.guard_policy)
-        self.policy = resolve_model(cfg.policy)
-        temperature, top_p = cfg.sampling
-        self.options = SamplingOptions(
-            samples=cfg.k,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=cfg.top_k,
-            chat_template_kwargs={"enable_thinking": cfg.think},
-            seed=cfg.seed,
-        )
+        self.args = args
+        self.judge = GuardOnlyReward(guard.build(), policy=args.filter_policy)  # type: ignore[arg-type]
+        self.options = args.sampling(data.data_think)
+        self.system_prompt = data.data_system_prompt
         self._model: Any = None
+        self._tokenizer: Any = None
 
     def answers(self, prompts: list[str], first_index: int) -> list[str]:
-        """k answers per prompt; the batch starting at row ``first_index`` samples with seed + first_index (both
-        backends), so batches differ and a resumed batch that starts at the same row draws the same answers."""
-        from safe_rl.data import rollouts
+        from safe_rl import sampling
 
         options = self.options.for_batch(first_index)
-        if self.cfg.vllm:
+        conversations = [sampling.chat_messages(p, self.system_prompt) for p in prompts]
+        if self.args.vllm:
             if self._model is None:  # one engine for every batch
-                self._model = rollouts.load_vllm(self.policy, seed=self.cfg.seed)
-            return rollouts.sample_answers_vllm(self._model, prompts, options)
-        if self._model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+                self._model = sampling.load_vllm(self.args.policy, seed=self.args.seed)
+            generations = sampling.sample_chat_vllm(self._model, conversations, options)
+        else:
+            if self._model is None:
+                from rewards.loading import load_causal_lm, load_tokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.policy)
-            self._model = AutoModelForCausalLM.from_pretrained(self.policy, dtype="auto", device_map="auto")
-        return rollouts.sample_answers(self._model, self._tokenizer, prompts, options)
+                self._tokenizer = load_tokenizer(self.args.policy, what="policy tokenizer")
+                self._model = load_causal_lm(self.args.policy, what="policy")
+            generations = sampling.sample_chat(self._model, self._tokenizer, conversations, options)
+        return [g.response for g in generations]
 
-    def judge_batch(self, prompts: list[str], first_index: int) -> list[tuple[int, int]]:
-        """(n_unsafe, n_judged) per prompt."""
-        answers = self.answers(prompts, first_index)
-        details = self.judge.judge([p for p in prompts for _ in range(self.cfg.k)], answers)
+    def judge_batch(self, rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        """(n_unsafe, n_judged) per prompt row."""
+        k = self.args.rollouts
+        prompts = [r["prompt"] for r in rows]
+        answers = self.answers(prompts, rows[0]["index"])
+        details = self.judge.judge([p for p in prompts for _ in range(k)], answers)
         out = []
         for i in range(len(prompts)):
-            group = details[i * self.cfg.k : (i + 1) * self.cfg.k]
-            known = [d.unsafe for d in group if d.unsafe is not None]
+            known = [d.unsafe for d in details[i * k : (i + 1) * k] if d.unsafe is not None]
             out.append((sum(known), len(known)))
         return out
 
 
-def prepare_prompts(cfg: PrepareConfig) -> dict[str, Any]:
-    """Select (and optionally rollout-filter) the prompts; write the output folder; return the report."""
+def select_rows(args: PrepareArguments, data: DataArguments) -> list[dict[str, Any]]:
+    """The prompts of ``data`` (deduplicated, the wanted types; a seeded sample of ``data_max_prompts``), indexed."""
+    from safe_rl.data.wildjailbreak import load_wildjailbreak, select_prompts
+
+    source = load_wildjailbreak(data.data_source, config=data.data_config, split=data.data_split)
+    rows = select_prompts(source, data.data_types, data.data_prompt_column)
+    if data.data_max_prompts is not None and len(rows) > data.data_max_prompts:
+        rows = random.Random(args.seed).sample(rows, data.data_max_prompts)  # a fixed sample: --resume sees the same
+    return [{**row, "index": i} for i, row in enumerate(rows)]
+
+
+def fingerprint(args: PrepareArguments, data: DataArguments, guard: GuardArguments, rows: list[dict]) -> dict:
+    """What rollouts.jsonl depends on: the selected prompts, the filter's policy, guard and sampling settings."""
+    from safe_rl.io import digest
+
+    settings: dict[str, Any] = {"rollouts": args.rollouts, "think": data.data_think,
+                                "system_prompt": data.data_system_prompt}  # fmt: skip
+    if args.rollouts:
+        settings.update(policy=args.policy, filter_policy=args.filter_policy, guard_model=guard.guard_model,
+                        sampling=asdict(args.sampling(data.data_think)))  # fmt: skip
+    records = ((r["prompt"], r["data_type"], r["source_index"]) for r in rows)
+    return {"input": {"source": data.data_source, "prompts": len(rows), "sha256": digest(records)},
+            "settings": settings}  # fmt: skip
+
+
+def prepare_prompts(args: PrepareArguments, data: DataArguments, guard: GuardArguments) -> dict[str, Any]:
+    """Select (and with ``rollouts`` filter) the prompts; write the output folder; return the report."""
     import datasets
-    from tqdm.auto import tqdm
 
-    from safe_rl.io import ResumableJsonl, read_jsonl
+    from safe_rl.io import ResumableJsonl, check_local, check_models, fill, read_jsonl, remove_output
 
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = select_prompts(
-        load_wildjailbreak(cfg.source, config=cfg.config, split=cfg.split), cfg.data_types, cfg.prompt_column
-    )
-    if cfg.max_prompts is not None and len(rows) > cfg.max_prompts:
-        rows = random.Random(cfg.seed).sample(rows, cfg.max_prompts)  # a fixed sample, so --resume sees the same
-    for index, row in enumerate(rows):
-        row["index"] = index
-    rollouts_path = out / ROLLOUTS_FILE
-    with ResumableJsonl(rollouts_path, key="index", resume=cfg.resume) as sink:
-        todo = [r for r in rows if r["index"] not in sink.done]
-        if cfg.resume and sink.done:
-            logger.info("resuming: %d of %d prompts already judged", len(rows) - len(todo), len(rows))
-        rollouts = _Rollouts(cfg) if cfg.filter and todo else None
-        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="prompts", unit="prompt")
-        for start in range(0, len(todo), cfg.prompts_per_batch):
-            batch = todo[start : start + cfg.prompts_per_batch]
-            if rollouts:
-                counts = rollouts.judge_batch([r["prompt"] for r in batch], batch[0]["index"])
-            else:
-                counts = [(None, None)] * len(batch)
-            for row, (n_unsafe, n_judged) in zip(batch, counts, strict=True):
-                reason = drop_reason(n_unsafe, n_judged) if rollouts else None
-                sink.write(
-                    {**row, "n_unsafe": n_unsafe, "n_judged": n_judged, "keep": reason is None, "reason": reason}
-                )
-            bar.update(len(batch))
-        bar.close()
-    judged = sorted(read_jsonl(rollouts_path), key=lambda r: r["index"])
-    judged = [r for r in judged if r["index"] < len(rows)]
+    out = Path(args.output)
+    check_local(data.data_source, "data file or folder")
+    if args.rollouts:
+        check_local(args.policy, "policy folder")
+        check_models(guard)
+    if args.overwrite:
+        remove_output(out / ROLLOUTS_FILE)
+        shutil.rmtree(out / DATASET_DIR, ignore_errors=True)
+        (out / REPORT_FILE).unlink(missing_ok=True)
+    rows = select_rows(args, data)
+    sink = ResumableJsonl(out / ROLLOUTS_FILE, key="index", resume=args.resume,
+                          fingerprint=fingerprint(args, data, guard, rows))  # fmt: skip
+    with sink:
+        filtering = args.rollouts > 0 and len(sink.done) < len(rows)
+        rollouts = _Rollouts(args, data, guard) if filtering else None
+
+        def work(chunk: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+            return rollouts.judge_batch(chunk) if rollouts else [(None, None)] * len(chunk)
+
+        def row(item: dict[str, Any], counts: tuple[Any, Any]) -> dict[str, Any]:
+            reason = drop_reason(*counts) if rollouts else None
+            return {**item, "n_unsafe": counts[0], "n_judged": counts[1], "keep": reason is None, "reason": reason}
+
+        fill(sink, rows, key=lambda r: r["index"], work=work, row=row, chunk_size=args.prompts_per_batch,
+             desc="prompts", unit="prompt")  # fmt: skip
+    judged = sorted((r for r in read_jsonl(out / ROLLOUTS_FILE) if r["index"] < len(rows)), key=lambda r: r["index"])
     kept = [r for r in judged if r["keep"]]
     columns = ("prompt", "data_type", "source_index", "n_unsafe", "n_judged")
-    dataset = datasets.Dataset.from_dict({c: [r[c] for r in kept] for c in columns})
-    dataset.save_to_disk(str(out / DATASET_DIR))
+    datasets.Dataset.from_dict({c: [r[c] for r in kept] for c in columns}).save_to_disk(str(out / DATASET_DIR))
     report = {
-        "config": asdict(cfg),
+        "config": {"prepare": asdict(args), "data": asdict(data), "guard": guard.describe()},
         "prompts": len(judged),
         "kept": len(kept),
         "dropped": dict(Counter(r["reason"] for r in judged if not r["keep"])),
         "kept_by_type": dict(Counter(r["data_type"] for r in kept)),
         "dropped_by_type": dict(Counter(r["data_type"] for r in judged if not r["keep"])),
-        "filtered": cfg.filter,
+        "filtered": args.rollouts > 0,
     }
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
+
+
+def plan(args: PrepareArguments, data: DataArguments, guard: GuardArguments) -> str:
+    """What ``safe-rl prepare`` would do (``--dry-run``): the data are checked, no model loads."""
+    from safe_rl.data.wildjailbreak import TOY_SOURCE
+    from safe_rl.io import check_local, check_models, looks_local
+
+    check_local(data.data_source, "data file or folder")
+    if args.rollouts:
+        check_local(args.policy, "policy folder")
+        check_models(guard)
+    source = data.data_source
+    if looks_local(source) or source == TOY_SOURCE:
+        source += f" ({len(select_rows(args, data))} prompts of types {', '.join(data.data_types)})"
+    lines = [f"prompts: {source}"]
+    if args.rollouts:
+        lines += [f"filter: {args.rollouts} rollouts per prompt from {args.policy}"
+                  f" ({'think' if data.data_think else 'non-think'}), judged by {guard.describe()}"]  # fmt: skip
+    else:
+        lines += ["filter: none (--rollouts K filters by K rollouts per prompt)"]
+    lines += [f"output: {args.output}"]
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """WildJailbreak training prompts (hub ``allenai/wildjailbreak``, config ``train``, a TSV with columns vanilla,
-adversarial, completion, data_type), from the hub, a local JSONL/CSV/TSV/Parquet file with the same columns, or a
-folder written by `safe-rl prepare` (a ``datasets`` dataset with a ``prompt`` column)."""
+adversarial, completion, data_type), from the hub, a local JSONL/CSV/TSV/Parquet file with the same columns, a
+folder written by `safe-rl prepare` (a ``datasets`` dataset with a ``prompt`` column), or ``toy`` (the toy world's
+harmful training prompts, in WildJailbreak's columns)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ HUB_ID = "allenai/wildjailbreak"
 HARMFUL_TYPES: tuple[str, ...] = ("vanilla_harmful", "adversarial_harmful")
 
 
+TOY_SOURCE = "toy"
+
+
 def load_wildjailbreak(source: str = HUB_ID, *, config: str | None = "train", split: str = "train") -> Any:
     """The rows of ``source`` as a `datasets.Dataset` (the hub's TSV is read with empty cells kept as "")."""
     from safe_rl.io import load_rows
+
+    if source == TOY_SOURCE:  # plain harmful requests: WildJailbreak's vanilla_harmful
+        from safe_rl.toy.data import toy_prompts
+
+        return [{"vanilla": p.text, "adversarial": "", "data_type": "vanilla_harmful"}
+                for p in toy_prompts("train", harmful=True)]  # fmt: skip
 
     if source == HUB_ID:
         # The files are TSV; pandas would turn empty `adversarial` cells (vanilla rows) into NaN.

@@ -7,6 +7,7 @@ with that benchmark's columns) or a plain file path, whose columns pick the load
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_rl.data.wildjailbreak import load_wildjailbreak
-from safe_rl.io import load_rows
+from safe_rl.io import check_local, load_rows
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,14 @@ class EvalPrompt:
         prompt: the user turn sent to the policy.
         harmful: the benchmark's label (True harmful, False benign), None when the benchmark has none.
         category: the subcategory the metrics are broken down by (WildJailbreak ``data_type``, XSTest ``type``).
+        index: the prompt's position in the run (after ``--limit`` and ``--samples``); sampling seeds derive from it.
     """
 
     id: str
     prompt: str
     harmful: bool | None = None
     category: str | None = None
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,22 @@ class Benchmark:
             raise ValueError(f"limit must be positive, got {limit}")
         keep = sorted(random.Random(seed).sample(range(len(self.prompts)), limit))
         return Benchmark(self.name, self.source, [self.prompts[i] for i in keep])
+
+    def for_run(self, limit: int | None = None, seed: int = 0, samples: int = 1) -> list[EvalPrompt]:
+        """The prompts a run answers: the seeded subset of ``limit``, each repeated ``samples`` times (ids
+        ``ID#0``, ``ID#1``, ... when ``samples`` > 1), indexed in order.
+
+        Example:
+            >>> bench = Benchmark("demo", "-", [EvalPrompt("a", "Hi"), EvalPrompt("b", "Yo")])
+            >>> [(p.id, p.index) for p in bench.for_run(samples=2)]
+            [('a#0', 0), ('a#1', 1), ('b#0', 2), ('b#1', 3)]
+        """
+        if samples < 1:
+            raise ValueError(f"samples must be positive, got {samples}")
+        chosen = self.select(limit, seed).prompts
+        if samples > 1:
+            chosen = [dataclasses.replace(p, id=f"{p.id}#{k}") for p in chosen for k in range(samples)]
+        return [dataclasses.replace(p, index=i) for i, p in enumerate(chosen)]
 
 
 Loader = Callable[[str | None], list[EvalPrompt]]
@@ -137,19 +156,32 @@ def wildjailbreak(source: str | None = None) -> list[EvalPrompt]:
 
 
 def _wildjailbreak_prompts(rows: list[dict[str, Any]], source: str) -> list[EvalPrompt]:
-    _require(rows, ("adversarial", "label", "data_type"), "WildJailbreak", source)
+    """WildJailbreak's columns: the ``adversarial`` prompt (``vanilla`` on rows without one); the harmful label from
+    ``label``, else from ``data_type``."""
+    _require(rows, ("adversarial", "data_type"), "WildJailbreak", source)
     prompts = []
     for i, row in enumerate(rows):
-        harmful = parse_label(row["label"])
         data_type = str(row["data_type"])
+        label = parse_label(row.get("label"))
+        harmful = label if label is not None else _harmful_type(data_type)
         if (
             harmful is not None
             and data_type.endswith(("harmful", "benign"))
             and harmful != data_type.endswith("harmful")
         ):
             raise ValueError(f"{source} row {i}: label {row['label']!r} contradicts data_type {data_type!r}")
-        prompts.append(EvalPrompt(str(row.get("id", i)), str(row["adversarial"]), harmful, data_type))
+        text = row.get("adversarial") or row.get("vanilla") or ""
+        prompts.append(EvalPrompt(str(row.get("id", i)), str(text), harmful, data_type))
     return _check_ids(prompts, source)
+
+
+def _harmful_type(data_type: str) -> bool | None:
+    """The label a WildJailbreak ``data_type`` implies (``*_harmful``, ``*_benign``), None for anything else."""
+    if data_type.endswith("harmful"):
+        return True
+    if data_type.endswith("benign"):
+        return False
+    return None
 
 
 @register_benchmark(
@@ -180,19 +212,34 @@ def prompts_file(source: str | None = None) -> list[EvalPrompt]:
 def _prompt_file_prompts(rows: list[dict[str, Any]], source: str) -> list[EvalPrompt]:
     _require(rows, ("prompt",), "prompt file", source)
     label_col = next((c for c in ("harmful", "label") if c in rows[0]), None)
-    cat_col = next((c for c in ("category", "subcategory", "type") if c in rows[0]), None)
+    cat_col = next((c for c in ("category", "subcategory", "type", "data_type") if c in rows[0]), None)
     prompts = []
     for i, row in enumerate(rows):
         category = row.get(cat_col) if cat_col else None
+        harmful = parse_label(row.get(label_col)) if label_col else None
+        if harmful is None:
+            harmful = _harmful_type(str(row.get("data_type") or ""))
         prompts.append(
             EvalPrompt(
                 id=str(row["id"]) if row.get("id") not in (None, "") else str(i),
                 prompt=str(row["prompt"]),
-                harmful=parse_label(row.get(label_col)) if label_col else None,
+                harmful=harmful,
                 category=str(category) if category not in (None, "") else None,
             )
         )
     return _check_ids(prompts, source)
+
+
+@register_benchmark("toy", "the toy world's held-out prompts (safe_rl.toy): 32 harmful + 32 benign, offline")
+def toy(source: str | None = None) -> list[EvalPrompt]:
+    """The toy world's test prompts, harmful and benign (the before/after evaluation of configs/smoke.yaml)."""
+    from safe_rl.toy.data import toy_prompts
+
+    if source not in (None, "", "test"):
+        raise ValueError(f"the toy benchmark has one split, test; got {source!r}")
+    return [
+        EvalPrompt(f"toy-{i}", p.text, p.harmful, p.category or "benign") for i, p in enumerate(toy_prompts("test"))
+    ]
 
 
 # How a plain file's rows become prompts, by the benchmark its columns call for (see `_sniff`).
@@ -206,7 +253,7 @@ _FROM_ROWS: dict[str, Callable[[list[dict[str, Any]], str], list[EvalPrompt]]] =
 def _sniff(column_names: Iterable[str]) -> str:
     """The loader a file's columns call for."""
     columns = set(column_names)
-    if {"adversarial", "data_type"} <= columns:
+    if {"adversarial", "data_type"} <= columns and "prompt" not in columns:
         return "wildjailbreak"
     if {"id", "prompt", "type", "label", "focus"} <= columns:
         return "xstest"
@@ -221,13 +268,16 @@ def load_benchmark(spec: str) -> Benchmark:
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "p.jsonl"
         >>> _ = path.write_text('{"prompt": "hi", "label": "benign"}\\n')
         >>> load_benchmark(str(path)).prompts
-        [EvalPrompt(id='0', prompt='hi', harmful=False, category=None)]
+        [EvalPrompt(id='0', prompt='hi', harmful=False, category=None, index=0)]
     """
     name, sep, source = spec.partition(":")
+    if sep and name in BENCHMARKS and name != "toy":
+        check_local(source, "benchmark file")
     if sep and name in BENCHMARKS:
         return Benchmark(name, source, BENCHMARKS[name](source))
     if spec in BENCHMARKS:
         return Benchmark(spec, spec, BENCHMARKS[spec](None))
+    check_local(spec, "benchmark file")
     if Path(spec).exists():
         dataset = load_rows(spec)  # read once: its columns pick the loader, its rows feed it
         name = _sniff(dataset.column_names)

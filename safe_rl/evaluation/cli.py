@@ -8,102 +8,81 @@ from typing import Annotated, Any
 
 import typer
 
+from safe_rl.command_line import command, run_guarded
+
 logger = logging.getLogger(__name__)
 
-EVAL_HELP = """Generate answers to a benchmark's prompts, judge them, and write per-sample JSONL + metrics to --output.
-
-Flags may also come from --config YAML (same names, - or _); flags given on the command line win."""
+EVAL_HELP = (
+    "Generate answers to a benchmark's prompts (or read them with --responses), judge them, and write "
+    "per-sample JSONL, metrics and a summary to --output. Every setting is a flag (--judge_model or "
+    "--judge-model) or a key of a --config YAML file; flags win."
+)
 REPORT_HELP = "Put finished runs side by side in the layout of the Qwen3Guard report's Table 10 (+ a PNG plot)."
+
+
+def plan(config: Any, prompts: list[Any] | None) -> str:
+    """What a run of ``config`` would do (``--dry-run``)."""
+    source = config.responses or (f"{config.policy} served at {config.base_url}" if config.base_url else config.policy)
+    n = "read from the hub when the run starts" if prompts is None else f"{len(prompts)} answers to judge"
+    judge = config.judge_model or "its default model"
+    where = f"served at {config.judge_base_url}" if config.judge_base_url else "in-process"
+    lines = [f"answers: {source} ({config.mode})", f"benchmark: {config.benchmark} ({n})",
+             f"judge: {config.judge} ({judge}, {where})", f"output: {config.output}"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_eval_command(config: Any) -> None:
+    """The body of `safe-rl eval`: a dry run prints the plan; a run prints its Table 10 row at the end. A run stopped
+    by server failures exits with status 1 (continue it with --resume)."""
+    from rewards.loading import ModelLoadError
+    from safe_rl.evaluation.benchmarks import load_benchmark
+    from safe_rl.evaluation.report import load_run, runs_markdown
+    from safe_rl.evaluation.run import check_sources, run_eval
+    from safe_rl.io import looks_local
+
+    if config.dry_run:
+        check_sources(config)
+        spec = config.benchmark or "wildjailbreak"
+        local = spec == "toy" or looks_local(spec.partition(":")[2] or spec) or Path(spec).exists()
+        prompts = load_benchmark(spec).for_run(config.limit, config.seed, config.samples) if local else None
+        typer.echo(plan(config, prompts))
+        return
+    try:
+        run_eval(config)
+    except ModelLoadError:
+        raise
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(runs_markdown([load_run(config.output)], details=False))
 
 
 def _opt(help: str, *names: str, **kwargs: Any) -> Any:
     return typer.Option(*names, help=help, show_default=False, **kwargs)
 
 
-def eval_command(
-    policy: Annotated[
-        str | None, _opt("Policy: hub id or local folder (transformers), or the served model name with --base-url.")
-    ] = None,
-    benchmark: Annotated[
-        str | None,
-        _opt("wildjailbreak, wildjailbreak:FILE, xstest:CSV, prompts:FILE, or a file (default wildjailbreak)."),
-    ] = None,
-    judge: Annotated[str | None, _opt("wildguard | qwen3guard | llm (default wildguard).")] = None,
-    judge_model: Annotated[
-        str | None,
-        _opt("Judge hub id / local folder / served name (default allenai/wildguard, Qwen/Qwen3Guard-Gen-4B)."),
-    ] = None,
-    output: Annotated[Path | None, _opt("Run folder.")] = None,
-    resume: Annotated[bool | None, _opt("Continue a killed run in --output.", "--resume/--no-resume")] = None,
-    limit: Annotated[int | None, _opt("Evaluate a seeded random subset of N prompts.")] = None,
-    base_url: Annotated[
-        str | None, _opt("Policy served by an OpenAI-compatible server, e.g. http://localhost:8000/v1.")
-    ] = None,
-    responses: Annotated[str | None, _opt("Judge existing responses from this file instead of generating.")] = None,
-    think: Annotated[
-        bool | None, _opt("Thinking mode (chat template enable_thinking); default --no-think.", "--think/--no-think")
-    ] = None,
-    config: Annotated[Path | None, _opt("YAML file with any of these settings.")] = None,
-    label: Annotated[str | None, _opt("Model name in reports.")] = None,
-    system_prompt: Annotated[str | None, _opt("System message for the policy.")] = None,
-    temperature: Annotated[float | None, _opt("Policy temperature (0 = greedy; default Qwen3's per mode).")] = None,
-    top_p: Annotated[float | None, _opt("Policy top-p (default Qwen3's per mode).")] = None,
-    top_k: Annotated[int | None, _opt("Policy top-k (default 20).")] = None,
-    max_new_tokens: Annotated[int | None, _opt("Policy answer limit in tokens (default 2048).")] = None,
-    batch_size: Annotated[int | None, _opt("Policy batch size, transformers (default 8).")] = None,
-    seed: Annotated[int | None, _opt("Seed for the subset, sampling and bootstrap (default 0).")] = None,
-    device: Annotated[str | None, _opt("Device for local models (default cuda when present).")] = None,
-    dtype: Annotated[str | None, _opt("dtype for local models (default auto).")] = None,
-    max_concurrency: Annotated[int | None, _opt("Concurrent requests per server (default 16).")] = None,
-    judge_base_url: Annotated[
-        str | None, _opt("Judge served by an OpenAI-compatible server (required for llm).")
-    ] = None,
-    judge_batch_size: Annotated[int | None, _opt("Judge batch size, transformers (default 8).")] = None,
-    judge_max_new_tokens: Annotated[int | None, _opt("Judge answer limit (default 128 WildGuard, 1024 llm).")] = None,
-    judge_policy: Annotated[
-        str | None, _opt("qwen3guard: strict (Controversial = harmful, default) or loose.")
-    ] = None,
-    n_boot: Annotated[int | None, _opt("Bootstrap resamples (default 2000).")] = None,
-    api_key: Annotated[str | None, _opt("Policy server key.", envvar="SAFE_RL_API_KEY")] = None,
-    judge_api_key: Annotated[str | None, _opt("Judge server key.", envvar="SAFE_RL_JUDGE_API_KEY")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
-) -> None:
-    from safe_rl.evaluation.report import load_run, runs_markdown
-    from safe_rl.evaluation.run import EvalConfig, config_keys, load_config_file, run_eval
-
-    flags = config_keys()  # every flag above but --config and --progress is an EvalConfig field
-    given = {k: v for k, v in locals().items() if k in flags and v is not None}
-    try:
-        values = load_config_file(config) if config is not None else {}
-        values.update({k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
-        if "output" not in values:
-            raise ValueError("pass --output DIR (or output: in --config)")
-        cfg = EvalConfig(**values)
-        run_eval(cfg, progress=progress)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except RuntimeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(runs_markdown([load_run(cfg.output)], details=False))
-
-
 def report_command(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `safe-rl eval`.")],
+    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `safe-rl eval` (or `safe-rl train`).")],
     output: Annotated[Path | None, _opt("Write the Markdown here (default: print it).")] = None,
     plot: Annotated[Path | None, _opt("Write a PNG of safety vs refusal with the intervals.")] = None,
     safety: Annotated[str, _opt("safety (a, default) or safety_refusal (b: 1 - attack success).")] = "safety",
     details: Annotated[bool, typer.Option("--details/--no-details", help="Add every rate and subcategory.")] = True,
+    pairs: Annotated[
+        int, _opt("Add N prompts answered by the first run and each other run, side by side with their verdicts.")
+    ] = 0,
 ) -> None:
-    from safe_rl.evaluation.report import load_run, plot_runs, runs_markdown
+    from safe_rl.evaluation.report import answer_pairs, load_run, plot_runs, runs_markdown
 
-    try:
+    def build() -> tuple[list[Any], str]:
+        if pairs < 0:
+            raise ValueError(f"--pairs must not be negative, got {pairs}")
         loaded = [load_run(path) for path in runs]
         text = runs_markdown(loaded, details=details, safety=safety)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        if pairs:
+            text += "\n" + answer_pairs(loaded, pairs)
+        return loaded, text
+
+    loaded, text = run_guarded(build)
     if output is None:
         typer.echo(text)
     else:
@@ -116,5 +95,7 @@ def report_command(
 
 def register(app: typer.Typer) -> None:
     """Add the `eval` and `report` sub-commands to the `safe-rl` app."""
-    app.command("eval", help=EVAL_HELP, no_args_is_help=True)(eval_command)
+    from safe_rl.evaluation.run import EvalConfig
+
+    command(app, "eval", (EvalConfig,), run_eval_command, help=EVAL_HELP)
     app.command("report", help=REPORT_HELP, no_args_is_help=True)(report_command)

@@ -1,5 +1,5 @@
-"""Policies: where the answers come from. A model run in-process with transformers (hub id or local folder,
-batched), an OpenAI-compatible server (``--base-url``), or a file of responses produced elsewhere.
+"""Policies: where the answers come from. A model run in-process with transformers (hub id, local folder or
+``toy:`` name; batched), an OpenAI-compatible server (``--base-url``), or a file of responses produced elsewhere.
 
 Think and non-think modes are the chat template's ``enable_thinking`` switch (Qwen3), sent to the template
 in-process and as ``chat_template_kwargs`` to a server. The sampling settings actually used are returned by
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from safe_rl.evaluation.benchmarks import EvalPrompt
+from safe_rl.sampling import Generation, SamplingOptions, chat_messages
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ RESPONSE_COLUMNS = ("response", "completion", "output", "answer")
 @dataclass
 class SamplingConfig:
     """How the policy decodes. Unset (None) values take Qwen3's recommended settings for the mode; a temperature of
-    0 decodes greedily. ``seed`` seeds torch in-process and is sent per request to a server."""
+    0 decodes greedily. ``seed`` follows `safe_rl.sampling`'s rule: in-process, a batch draws with the seed plus the
+    index of its first prompt; a server is sent the seed plus each prompt's index."""
 
     temperature: float | None = None
     top_p: float | None = None
@@ -41,6 +43,8 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must not be negative, got {self.top_k}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
 
@@ -55,15 +59,18 @@ class SamplingConfig:
             "greedy": values["temperature"] == 0,
         }
 
-
-@dataclass(frozen=True)
-class Generation:
-    """One policy answer: the raw text (thinking included), why it ended ("stop", "length" or None when unknown),
-    and its length in tokens when known."""
-
-    response: str
-    finish_reason: str | None = None
-    num_tokens: int | None = None
+    def options(self, think: bool, samples: int = 1) -> SamplingOptions:
+        """The in-process sampling options for ``think`` mode."""
+        s = self.resolved(think)
+        return SamplingOptions(
+            samples=samples,
+            max_new_tokens=s["max_new_tokens"],
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            top_k=s["top_k"],
+            seed=s["seed"],
+            chat_template_kwargs={"enable_thinking": think},
+        )
 
 
 class Policy(Protocol):
@@ -80,14 +87,10 @@ class Policy(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
-    """The policy's input messages."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*messages, {"role": "user", "content": prompt}]
-
-
 class TransformersPolicy:
-    """A causal LM from a hub id or local folder, answering through its chat template in left-padded batches."""
+    """A causal LM answering through its chat template in left-padded batches (`safe_rl.sampling.sample_chat`):
+    loaded from a hub id, a local folder or a ``toy:`` name (`rewards.loading.load_causal_lm`), or given loaded
+    (``lm`` and ``tokenizer``, as the training run evaluates the model it trained)."""
 
     def __init__(
         self,
@@ -100,6 +103,8 @@ class TransformersPolicy:
         dtype: str = "auto",
         system_prompt: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        lm: Any = None,
+        tokenizer: Any = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -112,9 +117,11 @@ class TransformersPolicy:
         self.system_prompt = system_prompt
         self.model_kwargs = dict(model_kwargs or {})
         self._lm: Any = None
-        self.think_switch: bool | None = (
-            None  # whether the chat template reacts to enable_thinking (known once loaded)
-        )
+        self._tokenizer: Any = tokenizer
+        self.think_switch: bool | None = None  # whether the chat template reacts to enable_thinking (once loaded)
+        if lm is not None:
+            self._lm = lm
+            self._check_template()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -127,72 +134,37 @@ class TransformersPolicy:
             "system_prompt": self.system_prompt,
         }
 
-    def _render(self, prompt: str, think: bool) -> str:
+    def _render(self, think: bool) -> str:
         return self._tokenizer.apply_chat_template(
-            chat_messages(prompt, self.system_prompt),
-            tokenize=False,
-            add_generation_prompt=True,
-            enable_thinking=think,
+            chat_messages("x", self.system_prompt), tokenize=False, add_generation_prompt=True, enable_thinking=think
         )
 
-    def _load(self) -> None:
-        import torch
-
-        from safe_rl.evaluation.hf import load_causal_lm
-
-        torch.manual_seed(self.sampling.seed)
-        self._lm, self._tokenizer, self._device = load_causal_lm(
-            self.model, device=self.device, dtype=self.dtype, model_kwargs=self.model_kwargs
-        )
+    def _check_template(self) -> None:
         if getattr(self._tokenizer, "chat_template", None) is None:
             raise ValueError(f"{self.model}: the tokenizer has no chat template; a chat policy is needed")
-        self.think_switch = self._render("x", True) != self._render("x", False)
-        if not self.think_switch:
-            logger.warning(
-                "%s: the chat template ignores enable_thinking; think/no-think makes no difference", self.model
-            )
+        self.think_switch = self._render(True) != self._render(False)
+        if not self.think_switch and self.think:
+            logger.warning("%s: the chat template ignores enable_thinking; --think makes no difference", self.model)
 
-    def _stop_ids(self) -> set[int]:
-        ids = self._lm.generation_config.eos_token_id
-        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-        if self._tokenizer.eos_token_id is not None:
-            ids.add(self._tokenizer.eos_token_id)
-        return ids
+    def _load(self) -> None:
+        from rewards.loading import load_causal_lm, load_tokenizer
+
+        self._tokenizer = load_tokenizer(self.model, what="policy tokenizer")
+        self._lm = load_causal_lm(self.model, what="policy", device=self.device, dtype=self.dtype, **self.model_kwargs)
+        self._check_template()
 
     def generate(self, items: Sequence[EvalPrompt]) -> list[Generation | None]:
-        import torch
-
-        from safe_rl.evaluation.hf import left_pad, pad_token_id
+        from safe_rl.sampling import sample_chat
 
         if self._lm is None:
             self._load()
-        settings = self.sampling.resolved(self.think)
-        encoded = [
-            self._tokenizer(self._render(p.prompt, self.think), add_special_tokens=False)["input_ids"] for p in items
-        ]
-        pad = pad_token_id(self._tokenizer)
-        ids, mask = left_pad(encoded, pad, self._device)
-        kwargs: dict[str, Any] = {"max_new_tokens": settings["max_new_tokens"], "pad_token_id": pad}
-        if settings["greedy"]:
-            kwargs["do_sample"] = False
-        else:
-            kwargs.update(
-                do_sample=True, temperature=settings["temperature"], top_p=settings["top_p"], top_k=settings["top_k"]
-            )
-        with torch.inference_mode():
-            out = self._lm.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        stops = self._stop_ids()
-        results: list[Generation | None] = []
-        for row in out[:, ids.shape[1] :].tolist():
-            end = next((i for i, t in enumerate(row) if t in stops), None)
-            tokens = row if end is None else row[:end]
-            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-            results.append(Generation(text, "length" if end is None else "stop", len(tokens)))
-        return results
+        options = self.sampling.options(self.think).for_batch(items[0].index if items else 0)
+        conversations = [chat_messages(p.prompt, self.system_prompt) for p in items]
+        return list(sample_chat(self._lm, self._tokenizer, conversations, options, batch_size=self.chunk_size))
 
     def close(self) -> None:
         """Drop the model (before the judge loads)."""
-        from safe_rl.evaluation.hf import release_memory
+        from safe_rl.sampling import release_memory
 
         self._lm = None
         release_memory()
@@ -256,11 +228,13 @@ class ServerPolicy:
             "temperature": s["temperature"],
             "top_p": s["top_p"],
             "top_k": s["top_k"],
-            "seed": s["seed"],
             "chat_template_kwargs": {"enable_thinking": self.think},
             **self.extra_body,
         }
-        payloads = [{**base, "messages": chat_messages(p.prompt, self.system_prompt)} for p in items]
+        payloads = [
+            {**base, "seed": s["seed"] + p.index, "messages": chat_messages(p.prompt, self.system_prompt)}
+            for p in items
+        ]
         return post_each(self, "/chat/completions", payloads, generation, "policy server call")
 
 

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _COMPLETE = ".complete"
 # The sources that shape the toy models (the data, the training code, the builders); editing any rebuilds them.
-_BUILD_SOURCES: tuple[str, ...] = ("data.py", "compact.py", "guard.py", "policy.py", "helpfulness.py")
+_BUILD_SOURCES: tuple[str, ...] = ("data.py", "tiny_lm.py", "guard.py", "policy.py", "helpfulness.py")
 
 
 def toy_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

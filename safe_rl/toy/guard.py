@@ -57,7 +57,7 @@ def _build_guard(folder: Path, recipe: dict[str, Any]) -> None:
     import torch
 
     from rewards.guard_prompt import GuardPrompt
-    from safe_rl.toy.compact import load_qwen_tokenizer, train_and_save_causal_lm
+    from safe_rl.toy.tiny_lm import load_qwen_tokenizer, train_and_save_causal_lm
 
     torch.manual_seed(recipe["seed"])
     rng = random.Random(recipe["seed"])
@@ -96,7 +96,7 @@ def build_toy_guard(cache_dir: str | os.PathLike | None = None, **overrides: Any
         'Unsafe'
     """
     recipe = {**GUARD_RECIPE, **overrides}
-    from safe_rl.toy.compact import torch_threads
+    from safe_rl.threads import torch_threads
 
     def build(folder: Path) -> None:
         with torch_threads(1):

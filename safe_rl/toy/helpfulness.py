@@ -29,7 +29,7 @@ def _build_helpfulness(folder: Path, recipe: dict[str, Any]) -> None:
     import torch
     from transformers import Qwen3ForSequenceClassification
 
-    from safe_rl.toy.compact import (
+    from safe_rl.toy.tiny_lm import (
         CompactVocab,
         TinyShape,
         expand_vocab,
@@ -89,7 +89,7 @@ def build_toy_helpfulness(cache_dir: str | os.PathLike | None = None, **override
         [-1.0]
     """
     recipe = {**HELPFULNESS_RECIPE, **overrides}
-    from safe_rl.toy.compact import torch_threads
+    from safe_rl.threads import torch_threads
 
     def build(folder: Path) -> None:
         with torch_threads(1):

@@ -36,7 +36,7 @@ def policy_prompt_ids(tokenizer, prompt_text: str) -> list[int]:
 def _build_policy(folder: Path, recipe: dict[str, Any]) -> None:
     import torch
 
-    from safe_rl.toy.compact import load_qwen_tokenizer, train_and_save_causal_lm
+    from safe_rl.toy.tiny_lm import load_qwen_tokenizer, train_and_save_causal_lm
 
     torch.manual_seed(recipe["seed"])
     tok = load_qwen_tokenizer()
@@ -75,7 +75,7 @@ def build_toy_policy(cache_dir: str | os.PathLike | None = None, **overrides: An
         >>> chat = pipeline("text-generation", str(build_toy_policy()))  # doctest: +SKIP
     """
     recipe = {**POLICY_RECIPE, **overrides}
-    from safe_rl.toy.compact import torch_threads
+    from safe_rl.threads import torch_threads
 
     def build(folder: Path) -> None:
         with torch_threads(1):

@@ -1,4 +1,5 @@
-"""Judges behind one interface (`Judge`): WildGuard, Qwen3Guard-Gen (not independent of training), an LLM."""
+"""Judges behind one interface (`Judge`): WildGuard, Qwen3Guard-Gen (not independent of training), an LLM, and the
+toy world's rule judge."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ from typing import Any
 
 from safe_rl.evaluation.judges.base import Judge, JudgeItem, Judgement
 
-JUDGES: tuple[str, ...] = ("wildguard", "qwen3guard", "llm")
+JUDGES: tuple[str, ...] = ("wildguard", "qwen3guard", "llm", "toy")
 
 __all__ = ["JUDGES", "Judge", "JudgeItem", "Judgement", "judge_label", "make_judge"]
 
 
 def make_judge(name: str, model: str | None = None, **kwargs: Any) -> Judge:
-    """Build the judge ``name`` ("wildguard", "qwen3guard" or "llm"); ``model`` None picks its default model.
+    """Build the judge ``name`` (one of `JUDGES`); ``model`` None picks its default model.
 
     Example:
         >>> make_judge("llm", "Qwen/Qwen3-235B-A22B", base_url="http://localhost:8000/v1").label
@@ -30,6 +31,10 @@ def make_judge(name: str, model: str | None = None, **kwargs: Any) -> Judge:
         from safe_rl.evaluation.judges.llm import LLMJudge
 
         return LLMJudge(model or "", **kwargs)
+    if name == "toy":
+        from safe_rl.evaluation.judges.toy import ToyJudge
+
+        return ToyJudge()
     raise ValueError(f"unknown judge {name!r}; choose one of {JUDGES}")
 
 
@@ -49,6 +54,10 @@ def judge_label(name: str, model: str) -> str:
         from safe_rl.evaluation.judges.qwen3guard import Qwen3GuardJudge
 
         return Qwen3GuardJudge.label
+    if name == "toy":
+        from safe_rl.evaluation.judges.toy import ToyJudge
+
+        return ToyJudge.label
     from safe_rl.evaluation.judges.llm import llm_judge_label
 
     return llm_judge_label(model)

@@ -11,11 +11,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from rewards.arguments import DEFAULT_GUARD_MODEL as DEFAULT_MODEL  # one place for the default model ids
 from safe_rl.evaluation.judges.base import JudgeItem, Judgement, unreadable
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "Qwen/Qwen3Guard-Gen-4B"
+__all__ = ["DEFAULT_MODEL", "Qwen3GuardJudge"]
 
 
 class Qwen3GuardJudge:
@@ -27,7 +28,8 @@ class Qwen3GuardJudge:
         model: hub id or local folder of a Qwen3Guard-Gen model (the served name with ``base_url``).
         policy: "strict" (Controversial counts as harmful, as in the report's RL rewards) or "loose".
         base_url, api_key, tokenizer, device, dtype, batch_size, max_input_tokens, max_concurrency, timeout,
-        max_retries: passed to `Qwen3GuardGen`.
+        max_retries: the guard's settings (`rewards.arguments.GuardArguments`).
+        guard: a guard already built (e.g. the training run's reward guard); the settings above are then unused.
 
     Example:
         >>> judge = Qwen3GuardJudge("Qwen/Qwen3Guard-Gen-0.6B")  # doctest: +SKIP
@@ -54,30 +56,33 @@ class Qwen3GuardJudge:
         max_concurrency: int = 16,
         timeout: float = 600.0,
         max_retries: int = 3,
+        guard: Any = None,
     ):
-        from rewards.guards.gen import Qwen3GuardGen
+        from rewards.arguments import GuardArguments
         from rewards.verdict import check_policy
 
         self.policy = check_policy(policy)
-        self.guard = Qwen3GuardGen(
-            model,
-            base_url=base_url,
-            api_key=api_key,
-            tokenizer=tokenizer,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            max_input_tokens=max_input_tokens,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
-        self.chunk_size = max_concurrency * 4 if base_url else batch_size
+        if guard is None:  # built the one way every command builds a guard (hub id, folder or toy: name)
+            guard = GuardArguments(
+                guard_model=model,
+                guard_base_url=base_url,
+                guard_api_key=api_key,
+                guard_tokenizer=tokenizer,
+                guard_device=device,
+                guard_dtype=dtype,
+                guard_batch_size=batch_size,
+                guard_max_input_tokens=max_input_tokens,
+                guard_max_concurrency=max_concurrency,
+                guard_timeout=timeout,
+                guard_max_retries=max_retries,
+            ).build()
+        self.guard = guard
+        self.chunk_size = max_concurrency * 4 if guard.is_remote else batch_size
 
     def describe(self) -> dict[str, Any]:
         return {
             "judge": self.name,
-            "model": self.guard.model,
+            "model": str(self.guard.model),
             "backend": self.guard.base_url or "transformers",
             "policy": self.policy,
             "independent_of_training": False,

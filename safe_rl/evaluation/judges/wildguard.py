@@ -83,6 +83,29 @@ def parse_wildguard_answer(text: str | None) -> Judgement:
     return Judgement(harmful_request=values[0], refusal=values[1], harmful_response=values[2], raw=text)
 
 
+class LinesComplete:
+    """A stopping criterion: a row stops once its new text holds ``lines`` complete lines (the start of one more
+    line is seen).
+
+    WildGuard's answer is three lines; the official usage decodes up to 128 tokens regardless, but nothing after
+    the third line is read, so stopping there changes no verdict and saves most of the decoding.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_width: int, lines: int):
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.lines = lines
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = []
+        for row in input_ids[:, self.prompt_width :].tolist():
+            text = self.tokenizer.decode(row, skip_special_tokens=True).lstrip()
+            done.append(text.count("\n") >= self.lines)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def encode_wildguard_input(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a formatted input with exactly one start token: the tokenizer's BOS when it has one (as the
     reference's ``add_special_tokens=True`` gives with WildGuard's Mistral tokenizer), never two."""
@@ -97,7 +120,7 @@ class WildGuardJudge:
     """WildGuard as a `Judge`, in-process (transformers) or over an OpenAI-compatible server's ``/completions``.
 
     Args:
-        model: hub id or local folder (the served model name with ``base_url``).
+        model: hub id, local folder or ``toy:`` name (the served model name with ``base_url``).
         base_url: e.g. ``"http://localhost:8000/v1"`` for ``vllm serve allenai/wildguard``; None runs in-process.
         api_key: bearer token for the server (else ``$OPENAI_API_KEY``).
         device, dtype: for the in-process model ("auto": bf16 on GPU, fp32 on CPU).
@@ -174,10 +197,11 @@ class WildGuardJudge:
 
     # -- in-process -------------------------------------------------------------------------------------------
     def _load(self) -> None:
-        from safe_rl.evaluation.hf import load_causal_lm
+        from rewards.loading import load_causal_lm, load_tokenizer
 
-        self._lm, self._tokenizer, self._device = load_causal_lm(
-            self.model, device=self.device, dtype=self.dtype, model_kwargs=self.model_kwargs
+        self._tokenizer = load_tokenizer(self.model, what="WildGuard tokenizer")
+        self._lm = load_causal_lm(
+            self.model, what="WildGuard judge", device=self.device, dtype=self.dtype, **self.model_kwargs
         )
 
     def encode(self, text: str) -> list[int]:
@@ -190,7 +214,7 @@ class WildGuardJudge:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from safe_rl.evaluation.hf import LinesComplete, left_pad, pad_token_id
+        from safe_rl.sampling import left_pad, pad_token_id
 
         if self._lm is None:
             self._load()
@@ -203,7 +227,7 @@ class WildGuardJudge:
             processors = LogitsProcessorList([processors])
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            ids, mask = left_pad([encoded[i] for i in batch], pad, self._device)
+            ids, mask = left_pad([encoded[i] for i in batch], pad, self._lm.device)
             stop = LinesComplete(self._tokenizer, ids.shape[1], len(ANSWER_KEYS))
             with torch.inference_mode():
                 out = self._lm.generate(

@@ -1,4 +1,4 @@
-"""Training tiny Qwen3 models on a compact vocabulary, then saving them with the full Qwen3 vocabulary.
+"""Tiny Qwen3 language models for the toy world: trained on a compact vocabulary, saved with the full Qwen3 one.
 
 The real Qwen3 tokenizer has 151,669 tokens; the toy data uses about a thousand of them. Computing a softmax over
 all of them for every position would make the toy builds take minutes on a CPU, so the models are trained with the
@@ -10,10 +10,9 @@ it was trained on (no stray tokens, calibrated mixtures).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,6 @@ import torch.nn.functional as F
 from rewards.engine.batching import common_prefix_len
 
 IGNORE = -100
-
-
-@contextlib.contextmanager
-def torch_threads(n: int = 1) -> Iterator[None]:
-    """Run torch on ``n`` threads inside the block. The toy models' ops are so small that one thread is faster than
-    several, and it does not slow down to a crawl when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -127,6 +114,19 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def _cache_argument() -> str:
+    """The name a decoder's forward takes its key/value cache by: ``cache`` (transformers >= 5.2x, which deprecates
+    the old name) or ``past_key_values``."""
+    import inspect
+
+    from transformers import Qwen3Model
+
+    return "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
+
+
+_CACHE_ARGUMENT = _cache_argument()
+
+
 def _batch_logits(model, seqs: Sequence[Sequence[int]], prefix: int, pad: int) -> torch.Tensor:
     """Logits for positions ``prefix-1 ..`` of right-padded ``seqs``; a shared prefix is run once, not per row.
 
@@ -137,10 +137,12 @@ def _batch_logits(model, seqs: Sequence[Sequence[int]], prefix: int, pad: int) -
     if prefix < 8:
         return model(input_ids=ids, attention_mask=mask).logits[:, max(prefix - 1, 0) :]
     head = model.model(input_ids=ids[:1, :prefix], use_cache=True)
-    cache = head.past_key_values
+    cache = head.cache if _CACHE_ARGUMENT == "cache" else head.past_key_values
     cache.batch_repeat_interleave(len(seqs))
     positions = torch.arange(prefix, ids.shape[1])[None].expand(len(seqs), -1)
-    tail = model.model(input_ids=ids[:, prefix:], attention_mask=mask, past_key_values=cache, position_ids=positions)
+    tail = model.model(
+        input_ids=ids[:, prefix:], attention_mask=mask, position_ids=positions, **{_CACHE_ARGUMENT: cache}
+    )
     last = model.lm_head(head.last_hidden_state[:, -1:]).expand(len(seqs), -1, -1)
     return torch.cat([last, model.lm_head(tail.last_hidden_state)], dim=1)
 
@@ -168,14 +170,18 @@ def train_causal_lm(
     seed: int,
     groups: Sequence[Sequence[int]] | None = None,
     buckets: Sequence[int] | None = None,
+    desc: str | None = None,
 ) -> list[float]:
     """Train a compact-vocabulary causal LM on ``(compact ids, first loss position, weight)`` examples.
 
     ``groups`` (lists of example indices, e.g. all answers of one prompt) are kept together in a batch, so that a
     weighted mixture is learnt from each batch rather than from noise across batches; ``batch_size`` counts groups.
     ``buckets`` (one id per group) makes every batch come from one bucket, e.g. one guard template, so that the
-    batch shares a long prefix that is computed once; buckets take turns. Returns the loss curve.
+    batch shares a long prefix that is computed once; buckets take turns. ``desc`` names a progress bar over the
+    steps. Returns the loss curve.
     """
+    from tqdm.auto import trange
+
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
@@ -185,7 +191,7 @@ def train_causal_lm(
     queues: dict[int, list[int]] = {b: [] for b in members}
     losses: list[float] = []
     model.train()
-    for _ in range(steps):
+    for _ in trange(steps, desc=desc, unit="step", leave=False, disable=desc is None):
         # Buckets take turns (a small bucket, e.g. the guard's prompt moderation, is not drowned out), then the
         # next groups of the bucket's shuffled queue.
         b = list(members)[len(losses) % len(members)]
@@ -257,6 +263,7 @@ def train_and_save_causal_lm(
         seed=recipe["seed"],
         groups=groups,
         buckets=buckets,
+        desc=f"building the toy {folder.name.split('-')[0].lstrip('.')}",
     )
     full = Qwen3ForCausalLM(
         shape.config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, bos_token_id=None)
