@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rewards.conversation import Conversation, completion_text, response_conversation, split_thinking
+from rewards.conversation import Conversation, read_completion, response_conversation
 from rewards.formulas import guard_only_value, hybrid_value
 from rewards.guards.base import Guard
 from rewards.helpfulness import HelpfulnessScorer
@@ -113,15 +113,18 @@ class SafetyReward:
             answer_at = thinking_at = error = None
             answer = ""
             try:
-                split = split_thinking(completion_text(completion))
-                answer = split.answer
-                plan.conversations.append(response_conversation(prompt, split.answer))
-                answer_at = len(plan.conversations) - 1
-                if self.judge_thinking and split.thinking:
-                    plan.conversations.append(response_conversation(prompt, split.thinking))
-                    thinking_at = len(plan.conversations) - 1
+                split = read_completion(completion)  # the rule of what is judged: rewards.conversation
+                answer_turn = response_conversation(prompt, split.answer)
+                thinking_turn = response_conversation(prompt, split.thinking) if split.thinking else None
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 error = f"bad sample: {exc}"
+            else:
+                answer = split.answer  # the helpfulness model scores the very answer the guard judges
+                plan.conversations.append(answer_turn)
+                answer_at = len(plan.conversations) - 1
+                if self.judge_thinking and thinking_turn is not None:
+                    plan.conversations.append(thinking_turn)
+                    thinking_at = len(plan.conversations) - 1
             plan.answer_at.append(answer_at)
             plan.thinking_at.append(thinking_at)
             plan.errors.append(error)
@@ -278,7 +281,8 @@ class GuardOnlyReward(SafetyReward):
     Args:
         guard: any object with ``moderate(conversations) -> list[Verdict]`` (e.g. `rewards.Qwen3GuardGen`).
         policy: "strict" (Controversial counts as unsafe, the paper's choice) or "loose".
-        judge_thinking: judge the ``<think>`` block as well as the answer.
+        judge_thinking: judge the thinking (think blocks, ``reasoning_content``) as well as the answer. With False,
+            what the policy writes in its thinking is judged by nobody: use it only where the thinking is never shown.
         name: the name TRL logs the reward under.
         safety_score: "label" (the paper's 0/1 reward, default) or "probability" (see above).
 
