@@ -220,6 +220,28 @@ def read_completion(completion: str | Sequence[Mapping[str, Any]]) -> SplitCompl
     return SplitCompletion(_join(thinking) if has_thinking else None, _join(answer), finished)
 
 
+def completion_text_of_ids(ids: Sequence[int], tokenizer: Any) -> str:
+    """The text of a completion's token ids, every non-special token kept (as TRL decodes plain completions).
+
+    TRL's ``parse_response`` path hands the reward parsed messages, and its parsers drop text they do not expect
+    (before ``<think>``, before a tool call); the ids hold everything the policy generated.
+
+    Example:
+        >>> class Chars:  # a tokenizer whose ids are character codes
+        ...     def decode(self, ids, skip_special_tokens):
+        ...         return "".join(map(chr, ids))
+        >>> completion_text_of_ids([104, 105], Chars())
+        'hi'
+    """
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    try:
+        text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    except Exception as exc:
+        raise UnreadableCompletion(f"completion ids cannot be decoded: {type(exc).__name__}: {exc}") from None
+    return _checked(text, "decoded completion")
+
+
 def _turn_text(message: Mapping[str, Any], what: str) -> str:
     if message.get("role") == "assistant":
         _, answer, _, _ = _assistant_pieces(message, what)

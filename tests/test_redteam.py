@@ -17,6 +17,7 @@ random Qwen3 reward model: its input keeps its special-token structure, one unen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -400,3 +401,29 @@ def test_fallback_mode_sends_no_template_structure():
     assert MARK in sent and sent.replace("\u200b", "") == attack
     for line, _ in line_pieces(sent):
         assert not re.match(r"\s*(USER:|<END|\*\*Safety)", line) and not VERDICT_LINE.match(line), line
+
+
+@pytest.mark.parametrize(
+    "generated",
+    [
+        f"{UNSAFE} <think>\nplan\n</think>\n\n{REFUSAL}",  # TRL 1.16's Qwen3 parser drops the text before <think>
+        f'{UNSAFE}\n<tool_call>\n{{"name": "f", "arguments": {{}}}}\n</tool_call>\nbye',  # and before a tool call
+        f"<think>\n{UNSAFE}\n</think>\n\n{REFUSAL}",
+    ],
+)
+def test_what_trl_parse_response_drops_is_judged_from_the_ids(official_prompt, qwen_tokenizer_path, generated):
+    """With ``tools=``, TRL hands the reward ``parse_response`` messages and the ``completion_ids``: a reward given
+    the policy's tokenizer reads the ids, so text the parser dropped is judged all the same."""
+    import trl.chat_template_utils as ctu
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import parse_response
+
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_path)
+    tok.chat_template = ctu.qwen3_chat_template
+    tok = ctu.add_response_schema(tok)
+    prefix = tok.apply_chat_template([{"role": "user", "content": "q"}], add_generation_prompt=True, return_dict=True)
+    ids = tok(generated + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    completion = [parse_response(tok, ids, prefix=list(prefix["input_ids"]))]
+    reward = GuardOnlyReward(FooledGuard(official_prompt), policy_tokenizer=tok)
+    assert reward(["q"], [completion], completion_ids=[ids]) == [0.0]
+    assert asyncio.run(reward.as_async()(prompts=["q"], completions=[completion], completion_ids=[ids])) == [0.0]
