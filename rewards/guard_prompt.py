@@ -283,7 +283,10 @@ class GuardPrompt:
         # By construction content adds no special-token string; this check holds it against any template (one
         # that joins content to its own text so that a string forms across the seam, or that unescapes content).
         if len(self._specials.findall(text)) != self._template_specials(tuple(m["role"] for m in messages)):
-            raise ValueError("the rendered guard input holds special-token strings that are not the template's")
+            # a template may branch on empty content: compare with neutral content of the same emptiness first
+            neutral = [{"role": m["role"], "content": "x" if m["content"] else ""} for m in messages]
+            if len(self._specials.findall(text)) != len(self._specials.findall(self._apply(neutral))):
+                raise ValueError("the rendered guard input holds special-token strings that are not the template's")
         return messages, truncated, text
 
     def _prepared(self, messages: Conversation, truncated: bool, text: str, ids: Sequence[int]) -> PreparedInput:
