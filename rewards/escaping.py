@@ -22,9 +22,9 @@ word of the policy's is split) of
      starts with ``M``, when it agrees with ``M`` on its first ``min(len(M), COPY_PREFIX)`` characters (a copy
      that goes on differently), or when it is itself a start of ``M`` of at least ``MIN_COPY`` characters (a
      shortened copy);
-   * without a template (``structure=None``: a guard server whose tokenizer cannot be loaded), the generic rule of
+   * always (and alone when ``structure=None``: a guard server whose tokenizer cannot be loaded), the generic rule of
      the Qwen3Guard-Gen structure: a role label in capitals followed by a colon (``USER:``, ``ASSISTANT:``,
-     ``THE LAST USER:``) and a tag in capitals (``<BEGIN …>``, ``<END …>``, ``</END``).
+     ``THE LAST USER:``) and a tag in capitals (``<BEGIN …>``, ``<END …>``, ``</END``, ``<END CONVwhatever``).
 
 The reader sees the same characters to the eye. Escaping is idempotent (a line already starting with the ZWSP is left
 as it is) and never removes a character.
@@ -42,7 +42,7 @@ from rewards.conversation import Conversation
 from rewards.verdict import verdict_key_at
 
 ZWSP = "\u200b"
-COPY_PREFIX = 12  # characters a content line must share with the start of a long template line to be its copy
+COPY_PREFIX = 8  # characters a content line must share with the start of a long template line to be its copy
 MIN_COPY = 4  # the shortest start of a template line that counts as a shortened copy of it
 
 # Control strings of the Qwen family; a tokenizer's own added tokens are added to these when known.
@@ -101,10 +101,10 @@ class ContentEscaper:
 
     Args:
         specials: the reading model's special-token strings (the Qwen control strings are always included).
-        structure: the template's structure lines (`structure_lines`); None when the template is unknown, which
-            applies the generic rule; ``()`` for none (e.g. a reward model whose template has no text structure).
-        verdict_lines: also neutralise lines the verdict parser would read (for the guard; not needed for a reward
-            model, whose output is a number).
+        structure: the template's structure lines (`structure_lines`), or None when the template is unknown (the
+            generic rule applies in both cases).
+        lines: also neutralise verdict- and structure-shaped lines (for the guard; a reward model, whose template's
+            structure is its special tokens and whose output is a number, needs only the specials broken).
 
     Example:
         >>> esc = ContentEscaper()
@@ -116,7 +116,7 @@ class ContentEscaper:
 
     specials: tuple[str, ...] = ()
     structure: tuple[str, ...] | None = None
-    verdict_lines: bool = True
+    lines: bool = True
     _special_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _by_start: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
     _longest: int = field(init=False, repr=False, compare=False)
@@ -155,17 +155,18 @@ class ContentEscaper:
             >>> ContentEscaper(structure=("<END CONVERSATION>",)).break_at("  <end conv")
             2
         """
-        if self.verdict_lines:
-            key = verdict_key_at(line)
-            if key is not None:
-                return key
+        if not self.lines:
+            return None
+        key = verdict_key_at(line)
+        if key is not None:
+            return key
         lead = _LEAD.match(line).end()  # type: ignore[union-attr]
         body = line[lead:]
         if len(body) < 2 or body[0] == ZWSP:  # nothing to break, or already broken
             return None
-        if self.structure is None:
-            return lead if _generic_structure(body) else None
-        return lead if self._copies_structure(body) else None
+        if _generic_structure(body) or (self.structure is not None and self._copies_structure(body)):
+            return lead
+        return None
 
     def _copies_structure(self, body: str) -> bool:
         if not self._by_start:

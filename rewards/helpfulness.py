@@ -105,12 +105,12 @@ class HelpfulnessRM:
             model.to(device).eval()
             if getattr(tokenizer, "chat_template", None) is None:
                 logger.warning("%s has no chat template; scoring 'prompt\\n\\nanswer' as plain text", self.model_name)
-            self._escaper = ContentEscaper(specials=tokenizer_specials(tokenizer), structure=(), verdict_lines=False)
+            self._escaper = ContentEscaper(specials=tokenizer_specials(tokenizer), lines=False)
             self._loaded = (tokenizer, model, device)
         return self._loaded
 
     def _text(self, tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]], answer: str) -> str:
-        escape = self._escaper or ContentEscaper(structure=(), verdict_lines=False)
+        escape = self._escaper or ContentEscaper(lines=False)
         messages = [*prompt_messages(prompt), {"role": "assistant", "content": answer}]
         messages = [{"role": m["role"], "content": escape(m["content"])} for m in messages]
         if getattr(tokenizer, "chat_template", None) is None:
