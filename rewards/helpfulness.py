@@ -2,6 +2,11 @@
 
 The Qwen3Guard report uses WorldPM-72B-HelpSteer2; smaller drop-ins are the Skywork-Reward-V2 Qwen3 series. Any
 ``AutoModelForSequenceClassification`` checkpoint with one output and a chat template works.
+
+What the reward model reads is policy text as data: message content is escaped with the reward model's *own*
+tokenizer's special tokens (`rewards.escaping.ContentEscaper`), so an injected ``<|im_end|>…<|im_start|>user…`` adds
+no special token to its input and cannot end the answer early. A pair that cannot be rendered or encoded (e.g. a
+lone surrogate) gets ``None`` alone; the rest of the batch is scored.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from rewards.conversation import prompt_messages
 from rewards.devices import resolve_device
+from rewards.escaping import ContentEscaper, tokenizer_specials
 from rewards.loading import load_once, load_pretrained, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ class HelpfulnessRM:
         self.max_length = max_length
         self.model_kwargs = dict(model_kwargs or {})
         self._loaded: tuple[Any, Any, Any] | None = None
+        self._escaper: ContentEscaper | None = None
 
     def __repr__(self) -> str:
         return f"HelpfulnessRM(model={self.model_name!r})"
@@ -78,6 +85,7 @@ class HelpfulnessRM:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_loaded"] = None
+        state["_escaper"] = None
         return state
 
     def _load(self) -> tuple[Any, Any, Any]:
@@ -104,6 +112,7 @@ class HelpfulnessRM:
             model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(tokenizer, "chat_template", None) is None:
             logger.warning("%s has no chat template; scoring 'prompt\\n\\nanswer' as plain text", self.model_name)
+        self._escaper = ContentEscaper(specials=tokenizer_specials(tokenizer), lines=False)
         return tokenizer, model, device
 
     def load(self) -> HelpfulnessRM:
@@ -112,33 +121,56 @@ class HelpfulnessRM:
         return self
 
     def _text(self, tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]], answer: str) -> str:
+        escape = self._escaper or ContentEscaper(lines=False)
         messages = [*prompt_messages(prompt), {"role": "assistant", "content": answer}]
+        messages = [{"role": m["role"], "content": escape(m["content"])} for m in messages]
         if getattr(tokenizer, "chat_template", None) is None:
             return "\n\n".join(m["content"] for m in messages)
         return tokenizer.apply_chat_template(messages, tokenize=False)
 
+    def _encode(self, tokenizer: Any, texts: list[str]) -> tuple[dict[str, Any] | None, list[bool]]:
+        """The padded batch of the texts that encode, and which did; one text that cannot costs only itself."""
+        options = {"padding": True, "truncation": True, "max_length": self.max_length, "add_special_tokens": False}
+        try:
+            return tokenizer(texts, return_tensors="pt", **options), [True] * len(texts)
+        except Exception:  # find the culprits one by one, then encode the rest together
+            ok = []
+            for text in texts:
+                try:
+                    tokenizer(text, add_special_tokens=False)
+                    ok.append(True)
+                except Exception as exc:
+                    logger.warning("%s: a pair cannot be encoded (%s); it gets no score", self.model_name, exc)
+                    ok.append(False)
+            good = [t for t, fine in zip(texts, ok, strict=True) if fine]
+            return (tokenizer(good, return_tensors="pt", **options) if good else None), ok
+
     def score(self, prompts: Sequence[Any], answers: Sequence[str]) -> list[float | None]:
-        """One score per (prompt, answer); None where the model gave a non-finite value."""
+        """One score per (prompt, answer); None where the pair could not be read or encoded, or the model gave a
+        non-finite value."""
         import torch
 
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         tokenizer, model, device = self._load()
-        texts = [self._text(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        texts: list[str | None] = []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            try:
+                texts.append(self._text(tokenizer, prompt, answer))
+            except Exception as exc:  # one unreadable pair costs only itself
+                logger.warning("%s: a pair cannot be rendered (%s); it gets no score", self.model_name, exc)
+                texts.append(None)
+        readable = [i for i, text in enumerate(texts) if text is not None]
+        order = sorted(readable, key=lambda i: len(texts[i]), reverse=True)  # type: ignore[arg-type]
         scores: list[float | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            batch = tokenizer(
-                [texts[i] for i in rows],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=False,
-            ).to(device)
+            batch, ok = self._encode(tokenizer, [texts[i] for i in rows])  # type: ignore[misc]
+            if batch is None:
+                continue
+            rows = [i for i, fine in zip(rows, ok, strict=True) if fine]
             with torch.inference_mode():
-                logits = model(**batch).logits[:, 0].float().tolist()
+                logits = model(**batch.to(device)).logits[:, 0].float().tolist()
             for i, value in zip(rows, logits, strict=True):
                 scores[i] = value if math.isfinite(value) else None
         return scores

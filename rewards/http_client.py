@@ -2,6 +2,15 @@
 concurrency, timeouts and retries. A request that fails comes back as a `ServerError` value, never raised, so that
 one bad request cannot cost a training step or an evaluation run.
 
+Deadlines. ``timeout`` bounds each *attempt* as a whole: connecting, sending, waiting and reading the entire reply
+(a server that sends one byte a second is cut off at ``timeout``, not after ``timeout`` of silence). A request
+therefore takes at most ``request_bound = (max_retries + 1) * timeout + max_retries * max_backoff`` once it holds a
+concurrency slot, and one `ServerClient.apost_all` call of N requests at most ``ceil(N / max_concurrency) *
+request_bound``. ``total_timeout`` (off by default) bounds one call as a whole instead, from the moment of the call:
+queueing for a slot, every attempt and every backoff of every request in it; what is still unanswered then is a
+`ServerError`. The guard's server backend sets it (`rewards.guards.gen.remote`), so that one reward call returns
+within ``total_timeout`` plus the time to cancel what is in flight, however the server behaves.
+
 Retried: transport errors (refused connection, timeouts, resets), 408, 409, 425, 429 and every 5xx, with
 exponential backoff and jitter. A ``Retry-After: <seconds>`` header on 429 or 503 raises the wait to what the server
 asks, capped by ``max_backoff`` (the HTTP-date form is ignored: the plain backoff applies). The concurrency bound is
@@ -37,6 +46,10 @@ RETRY_AFTER_STATUS = frozenset({429, 503})
 
 class ServerError(RuntimeError):
     """A request that failed (after its retries, or not retried) or a reply that is not what was asked for."""
+
+
+class AttemptTimeout(httpx.TimeoutException):
+    """One attempt did not get its whole reply within ``timeout`` (retried like any transport timeout)."""
 
 
 class _RetryableStatus(Exception):
@@ -110,10 +123,12 @@ class ServerClient:
         base_url: the API root, e.g. ``"http://localhost:8000/v1"``.
         api_key: sent as ``Authorization: Bearer``.
         max_concurrency: requests in flight at once (per event loop).
-        timeout: seconds for each request (connect at most 10 s).
+        timeout: seconds for each attempt, whole (connect at most 10 s of it); see the module docstring.
         max_retries: retries after the first attempt (see the module docstring for what is retried).
         backoff, max_backoff: first and largest wait between retries, in seconds (exponential, with jitter);
             ``max_backoff`` also caps a server's ``Retry-After``.
+        total_timeout: seconds for one `apost_all` call as a whole (None: no bound on the call, only on each
+            request, see the module docstring).
 
     Example:
         >>> client = ServerClient("http://localhost:8000/v1", max_retries=2)
@@ -131,6 +146,7 @@ class ServerClient:
         max_retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 10.0,
+        total_timeout: float | None = None,
     ):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -138,6 +154,8 @@ class ServerClient:
             raise ValueError("max_concurrency must be positive and max_retries not negative")
         if timeout <= 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("timeout must be positive, backoff and max_backoff not negative")
+        if total_timeout is not None and total_timeout <= 0:
+            raise ValueError(f"total_timeout must be positive, got {total_timeout}")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.max_concurrency = max_concurrency
@@ -145,6 +163,7 @@ class ServerClient:
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.total_timeout = None if total_timeout is None else float(total_timeout)
         self._lock = threading.Lock()
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
@@ -167,6 +186,7 @@ class ServerClient:
         return httpx.AsyncClient(
             verify=_ssl_context(),
             headers=headers,
+            # each attempt is bounded as a whole in `apost`; httpx's own limits are per read or write
             timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
             limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
         )
@@ -182,8 +202,34 @@ class ServerClient:
                 wait = min(max(wait, asked), self.max_backoff)
         return wait
 
-    async def apost(self, session: httpx.AsyncClient, path: str, payload: Any) -> Any:
-        """POST ``payload`` on ``session`` (from `session`) with retries: the parsed JSON reply or a `ServerError`."""
+    @property
+    def request_bound(self) -> float:
+        """The longest one request can take once it holds a concurrency slot, in seconds (module docstring)."""
+        return (self.max_retries + 1) * self.timeout + self.max_retries * self.max_backoff
+
+    async def apost(self, session: httpx.AsyncClient, path: str, payload: Any, deadline: float | None = None) -> Any:
+        """POST ``payload`` on ``session`` (from `session`) with retries: the parsed JSON reply or a `ServerError`.
+
+        ``deadline`` (on the running loop's clock), when given, ends the request, queueing and retries included.
+        """
+        attempts = [0]
+        if deadline is None:
+            return await self._apost(session, path, payload, attempts)
+        try:
+            left = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            return await asyncio.wait_for(self._apost(session, path, payload, attempts), left)
+        except asyncio.TimeoutError:
+            return ServerError(
+                f"Timeout: no reply within total_timeout={self.total_timeout:g} s ({_attempts(attempts[0])} started)"
+            )
+
+    async def _attempt(self, session: httpx.AsyncClient, url: str, payload: Any) -> httpx.Response:
+        try:
+            return await asyncio.wait_for(session.post(url, json=payload), self.timeout)
+        except asyncio.TimeoutError:
+            raise AttemptTimeout(f"no complete reply within timeout={self.timeout:g} s") from None
+
+    async def _apost(self, session: httpx.AsyncClient, path: str, payload: Any, counter: list[int]) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             wait=self._wait,
@@ -197,7 +243,8 @@ class ServerClient:
                 async for attempt in retrying:
                     with attempt:
                         attempts += 1
-                        response = await session.post(url, json=payload)
+                        counter[0] = attempts
+                        response = await self._attempt(session, url, payload)
                         if is_retryable_status(response.status_code):
                             raise _RetryableStatus(response)
         except _RetryableStatus as exc:
@@ -215,11 +262,13 @@ class ServerClient:
             return ServerError(f"reply is not JSON: {response.text[:200]!r}")
 
     async def apost_all(self, path: str, payloads: Sequence[Any]) -> list[Any]:
-        """`apost` for each payload, concurrently (at most ``max_concurrency`` in flight); results in input order."""
+        """`apost` for each payload, concurrently (at most ``max_concurrency`` in flight), all within ``total_timeout``
+        of the call when it is set; results in input order."""
         if not payloads:
             return []
+        deadline = None if self.total_timeout is None else asyncio.get_running_loop().time() + self.total_timeout
         async with self.session() as session:
-            return list(await asyncio.gather(*(self.apost(session, path, p) for p in payloads)))
+            return list(await asyncio.gather(*(self.apost(session, path, p, deadline) for p in payloads)))
 
     def post_all(self, path: str, payloads: Sequence[Any]) -> list[Any]:
         """Sync `apost_all`; works whether or not the calling thread already runs an event loop."""

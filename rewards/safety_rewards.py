@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rewards.conversation import Conversation, completion_text, response_conversation, split_thinking
+from rewards.conversation import Conversation, completion_text_of_ids, read_completion, response_conversation
 from rewards.formulas import guard_only_value, hybrid_value
 from rewards.guards.base import Guard
 from rewards.helpfulness import HelpfulnessScorer
@@ -85,6 +85,7 @@ class SafetyReward:
         judge_thinking: bool = True,
         name: str | None = None,
         safety_score: SafetyScore = "label",
+        policy_tokenizer: Any = None,
     ):
         if not callable(getattr(guard, "moderate", None)):
             raise TypeError(f"guard must have a moderate(conversations) method, got {type(guard).__name__}")
@@ -100,29 +101,47 @@ class SafetyReward:
         self.policy = check_policy(policy)
         self.judge_thinking = judge_thinking
         self.safety_score = safety_score
+        self.policy_tokenizer = policy_tokenizer
+        self._warned_parsed = False
         self.__name__ = name or self.default_name  # TRL logs rewards under this name
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(guard={self.guard!r}, policy={self.policy!r})"
 
     # -- planning ---------------------------------------------------------------------------------------------
-    def _plan(self, prompts: Sequence[Any], completions: Sequence[Any]) -> _Plan:
+    def _plan(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None) -> _Plan:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if completion_ids is not None and self.policy_tokenizer is None and not self._warned_parsed:
+            if any(not isinstance(c, str) for c in completions):
+                self._warned_parsed = True
+                logger.warning(
+                    "%s: chat-format completions come with their token ids but the reward has no policy_tokenizer: "
+                    "only the parsed messages are judged, and TRL's response parsers drop text they do not expect "
+                    "(e.g. before <think>). Pass policy_tokenizer= the policy's tokenizer to judge every token.",
+                    self.__name__,
+                )
+        if completion_ids is None or self.policy_tokenizer is None:
+            completion_ids = [None] * len(completions)
         plan = _Plan()
-        for prompt, completion in zip(prompts, completions, strict=True):
+        for prompt, completion, ids in zip(prompts, completions, completion_ids, strict=True):
             answer_at = thinking_at = error = None
             answer = ""
             try:
-                split = split_thinking(completion_text(completion))
-                answer = split.answer
-                plan.conversations.append(response_conversation(prompt, split.answer))
-                answer_at = len(plan.conversations) - 1
-                if self.judge_thinking and split.thinking:
-                    plan.conversations.append(response_conversation(prompt, split.thinking))
-                    thinking_at = len(plan.conversations) - 1
+                if ids is not None and not isinstance(completion, str):  # TRL's parsed messages: read the tokens
+                    completion = completion_text_of_ids(ids, self.policy_tokenizer)
+                split = read_completion(completion)  # the rule of what is judged: rewards.conversation
+                answer_turn = response_conversation(prompt, split.answer)
+                thinking_turn = response_conversation(prompt, split.thinking) if split.thinking else None
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 error = f"bad sample: {exc}"
+            else:
+                answer = split.answer  # the helpfulness model scores the very answer the guard judges
+                plan.conversations.append(answer_turn)
+                answer_at = len(plan.conversations) - 1
+                if self.judge_thinking and thinking_turn is not None:
+                    plan.conversations.append(thinking_turn)
+                    thinking_at = len(plan.conversations) - 1
             plan.answer_at.append(answer_at)
             plan.thinking_at.append(thinking_at)
             plan.errors.append(error)
@@ -220,14 +239,19 @@ class SafetyReward:
             )
         return details
 
-    def judge(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[RewardDetail]:
-        """Rewards with their reasons, one `RewardDetail` per (prompt, completion)."""
-        plan = self._plan(prompts, completions)
+    def judge(
+        self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None
+    ) -> list[RewardDetail]:
+        """Rewards with their reasons, one `RewardDetail` per (prompt, completion); ``completion_ids`` (TRL passes
+        them) are read instead of chat-format completions when the reward has a ``policy_tokenizer``."""
+        plan = self._plan(prompts, completions, completion_ids)
         return self._details(plan, self._moderate(plan), self._helpfulness(plan))
 
-    async def ajudge(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[RewardDetail]:
+    async def ajudge(
+        self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None
+    ) -> list[RewardDetail]:
         """`judge` with the guard awaited (and helpfulness scored meanwhile in a worker thread)."""
-        plan = self._plan(prompts, completions)
+        plan = self._plan(prompts, completions, completion_ids)
         verdicts, helpfulness = await asyncio.gather(self._amoderate(plan), asyncio.to_thread(self._helpfulness, plan))
         return self._details(plan, verdicts, helpfulness)
 
@@ -241,7 +265,7 @@ class SafetyReward:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         """TRL reward-function signature; extra dataset columns and trainer kwargs are accepted and ignored."""
-        return self._report(self.judge(prompts, completions), kwargs)
+        return self._report(self.judge(prompts, completions, kwargs.get("completion_ids")), kwargs)
 
     def as_async(self) -> AsyncSafetyReward:
         """The same reward as an ``async`` callable, which TRL runs concurrently with other async rewards."""
@@ -267,7 +291,9 @@ class AsyncSafetyReward:
         self.__name__ = reward.__name__
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        return self.reward._report(await self.reward.ajudge(prompts, completions), kwargs)
+        return self.reward._report(
+            await self.reward.ajudge(prompts, completions, kwargs.get("completion_ids")), kwargs
+        )
 
 
 class GuardOnlyReward(SafetyReward):
@@ -283,9 +309,14 @@ class GuardOnlyReward(SafetyReward):
     Args:
         guard: any object with ``moderate(conversations) -> list[Verdict]`` (e.g. `rewards.Qwen3GuardGen`).
         policy: "strict" (Controversial counts as unsafe, the paper's choice) or "loose".
-        judge_thinking: judge the ``<think>`` block as well as the answer.
+        judge_thinking: judge the thinking (think blocks, ``reasoning_content``) as well as the answer. With False,
+            what the policy writes in its thinking is judged by nobody: use it only where the thinking is never shown.
         name: the name TRL logs the reward under.
         safety_score: "label" (the paper's 0/1 reward, default) or "probability" (see above).
+        policy_tokenizer: the policy's tokenizer. With it, a chat-format completion is read from the token ids TRL
+            passes (``completion_ids``) rather than from its parsed messages: TRL's ``parse_response`` (the
+            ``tools=`` path) drops text it does not expect, e.g. before ``<think>`` or before a tool call, which no
+            judge would then read. In TRL's tool loop the ids hold the tools' replies too, which are then judged.
 
     Example:
         >>> from rewards.verdict import parse_verdict
@@ -314,7 +345,7 @@ class HybridReward(SafetyReward):
         helpfulness: any object with ``score(prompts, answers) -> list[float | None]`` (e.g. `rewards.HelpfulnessRM`);
             it scores the answer y, without the thinking.
         unsafe_cap, refusal_cap: the caps (paper: -10 and -5).
-        policy, judge_thinking, name: as for `GuardOnlyReward`.
+        policy, judge_thinking, name, policy_tokenizer: as for `GuardOnlyReward`.
         safety_score: "label" (the paper's formula, default) or "probability": with ``q = 1 - (1 - p(y)) * (1 - p(t))``
             the probability that t or y is unsafe (``p`` as for `GuardOnlyReward`), the reward interpolates between
             the unsafe case and the safe one, ``r = q * min(unsafe_cap, H) + (1 - q) * s`` with
@@ -347,8 +378,16 @@ class HybridReward(SafetyReward):
         judge_thinking: bool = True,
         name: str | None = None,
         safety_score: SafetyScore = "label",
+        policy_tokenizer: Any = None,
     ):
-        super().__init__(guard, policy=policy, judge_thinking=judge_thinking, name=name, safety_score=safety_score)
+        super().__init__(
+            guard,
+            policy=policy,
+            judge_thinking=judge_thinking,
+            name=name,
+            safety_score=safety_score,
+            policy_tokenizer=policy_tokenizer,
+        )
         if not callable(getattr(helpfulness, "score", None)):
             raise TypeError(
                 f"helpfulness must have a score(prompts, answers) method, got {type(helpfulness).__name__}"

@@ -116,12 +116,28 @@ def failed_verdict(error: str, raw: str = "", *, truncated: bool = False) -> Ver
     return Verdict(safety=None, raw=raw, error=error, truncated=truncated)
 
 
-# `key: value` lines. Whitespace noise, markdown emphasis and a leading "- " are tolerated; the keys are the
-# official ones, matched case-insensitively.
-_LINE = re.compile(r"^[\s*_>`-]*(safety|categories|category|refusal)[\s*_]*:[\s*_]*(.*?)[\s*_`.]*$", re.IGNORECASE)
+# The grammar of a verdict line, `key: value`, of a line as `str.splitlines` cuts text. Whitespace noise, markdown
+# emphasis, quote and list markers and code ticks are tolerated around the key; the keys are the official ones (and
+# the singular "Category"), matched case-insensitively (so "ſafety" is read too: Python's case folding). The
+# escaping of policy text (`rewards.escaping`) neutralises content lines by this same pattern, so the two cannot
+# drift: change it here and the escaping follows.
+VERDICT_LINE = re.compile(
+    r"^[\s*_>`-]*(safety|categories|category|refusal)[\s*_]*:[\s*_]*(.*?)[\s*_`.]*$", re.IGNORECASE
+)
 _LABELS = {label.lower(): label for label in SAFETY_LABELS}
 _CATEGORY_LOOKUP = {c.lower(): c for c in CATEGORIES}
 _YES_NO = {"yes": True, "no": False}
+
+
+def verdict_key_at(line: str) -> int | None:
+    """Where the key starts when `parse_verdict` would read ``line`` (one line, no line break) as a verdict line.
+
+    Example:
+        >>> verdict_key_at("> **Safety**: Safe"), verdict_key_at("It is Safety: Safe")
+        (4, None)
+    """
+    m = VERDICT_LINE.match(line)
+    return None if m is None else m.start(1)
 
 
 def strip_thinking(text: str) -> str:
@@ -136,7 +152,8 @@ def strip_thinking(text: str) -> str:
 
 
 def parse_verdict(text: str | None) -> Verdict:
-    """Read Qwen3Guard-Gen's output (``Safety: …``, ``Categories: …``, optionally ``Refusal: …``).
+    """Read Qwen3Guard-Gen's output (``Safety: …``, ``Categories: …``, optionally ``Refusal: …``), line by line
+    (`str.splitlines`), each line by `VERDICT_LINE`.
 
     Returns a `Verdict` whose ``safety`` is None when there is no readable ``Safety:`` line, when its value is not
     one of Safe/Unsafe/Controversial, or when two ``Safety:`` lines disagree. It never defaults to Safe.
@@ -155,7 +172,7 @@ def parse_verdict(text: str | None) -> Verdict:
     refusals: list[bool] = []
     errors: list[str] = []
     for line in strip_thinking(text).splitlines():
-        m = _LINE.match(line)
+        m = VERDICT_LINE.match(line)
         if m is None:
             continue
         key, value = m.group(1).lower(), m.group(2).strip()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rewards.conversation import completion_text, prompt_messages, response_conversation, split_thinking
+from rewards.conversation import prompt_messages, read_completion, response_conversation, split_thinking
 from rewards.formulas import guard_only_value, hybrid_value
 
 
@@ -39,7 +39,8 @@ def test_guard_only_value():
         ("reason</think>Answer", "reason", "Answer", True),  # opening tag was in the prompt
         ("<think>\n\n</think>\n\nAnswer", "", "Answer", True),  # non-think mode's empty block
         ("<think>cut off mid-thought", "cut off mid-thought", "", False),
-        ("<think>a</think>b</think>c", "a", "b</think>c", True),  # split at the first close; both parts judged
+        ("<think>a</think>b</think>c", "a", "b\n\nc", True),  # a close outside a block is only a tag
+        ("Lead <think>a</think> tail", "a", "Lead\n\ntail", True),  # text before the block is answer too
         ("", None, "", True),
     ],
 )
@@ -49,8 +50,8 @@ def test_split_thinking(completion, thinking, answer, finished):
 
 
 def test_trl_formats():
-    assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi"
-    assert completion_text("hi") == "hi"
+    assert read_completion([{"role": "assistant", "content": "hi"}]).answer == "hi"
+    assert read_completion("hi").answer == "hi"
     chat = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"}]
     assert prompt_messages(chat) == [{"role": "user", "content": "q"}]
     assert response_conversation(chat, "a")[-1] == {"role": "assistant", "content": "a"}

@@ -226,7 +226,7 @@ def test_closed_port_and_timeout_give_failed_verdicts():
     assert all(v.safety is None and "ConnectError after 3 attempts" in v.error for v in verdicts)
     with LoopbackServer(lambda body, n: (200, chat_completion("Safety: Safe")), delay=1.5) as server:
         verdicts = backend_for(server, timeout=0.2, max_retries=1).moderate([user("slow")])
-    assert verdicts[0].safety is None and "ReadTimeout after 2 attempts" in verdicts[0].error
+    assert verdicts[0].safety is None and "Timeout after 2 attempts" in verdicts[0].error
     assert len(server.requests) == 2
 
 

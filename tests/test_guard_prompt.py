@@ -52,7 +52,9 @@ def test_forged_structure_lines_are_escaped_but_readable(guard_tokenizer):
     prompt = GuardPrompt(guard_tokenizer)
     text = prompt.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": INJECTIONS[3]}])
     assert text.count("\n<END CONVERSATION>") == 1  # only the template's own
-    assert "\nSafety: Safe" not in text and "ASSISTANT: Safety" not in text.split("ASSISTANT: ", 1)[1]
+    content_lines = text.split("ASSISTANT: ", 1)[1].split("\n<END CONVERSATION>")[0].split("\n")
+    # forged lines keep their words but start with a zero-width space: no line starts like the template's or a verdict
+    assert not any(line.startswith(("Safety:", "ASSISTANT:", "USER:", "Refusal:")) for line in content_lines)
     assert text.replace("\u200b", "").count("Refusal: No") >= 1  # the words are still there to read
 
 

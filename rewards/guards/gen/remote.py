@@ -8,13 +8,16 @@ structure the guard reads. Two modes, chosen on first use and logged once:
 * exact: a guard tokenizer is available (``tokenizer=...``, or the served ``model`` name loads one). Messages come
   from ``GuardPrompt.prepare``: escaped with the tokenizer's special tokens and template markers, cut to
   ``max_input_tokens`` by the token rule of `rewards.guard_prompt`. `prepare` works.
-* fallback: no tokenizer (e.g. a ``--served-model-name`` alias). Content is escaped with the generic
-  `ContentEscaper` and cut by the same rule counted in characters (`truncate_chars`), to ``CHARS_PER_TOKEN *
+* fallback: no tokenizer (e.g. a ``--served-model-name`` alias). Content is escaped by the generic rule of
+  `rewards.escaping` (no template to read: Qwen's control strings, verdict lines, and the Qwen3Guard-Gen structure's
+  role labels and tags in capitals, ``USER:``, ``<END …>``) and cut by the same rule counted in characters
+  (`truncate_chars`), to ``CHARS_PER_TOKEN *
   (max_input_tokens - TEMPLATE_TOKENS)`` characters: rough for text with many tokens per character (CJK, code);
   a server that rejects an over-long input answers 400, a failed verdict. `prepare` raises.
 
-Requests go through `rewards.http_client.ServerClient` (bounded concurrency per event loop, timeouts, retries on
-transport errors, 408/409/425/429 and 5xx with exponential backoff, jitter and ``Retry-After``). Failures never
+Requests go through `rewards.http_client.ServerClient` (bounded concurrency per event loop, retries on transport
+errors, 408/409/425/429 and 5xx with exponential backoff, jitter and ``Retry-After``; each attempt bounded as a
+whole by ``timeout``, each call as a whole by ``total_timeout``). Failures never
 raise and never pass as safe: what still fails, other 4xx, and replies that are not chat completions give
 ``failed_verdict(error=...)`` (``safety=None``), logged as one summary warning per ``log_interval`` at most.
 `amoderate` works from any event loop (TRL's reward loop in another thread, `asyncio.run`); the sync `moderate` runs
@@ -109,10 +112,15 @@ class RemoteGenBackend:
         max_input_tokens: longest guard input; longer content is cut (see the module docstring).
         max_new_tokens: sent as ``max_tokens``.
         max_concurrency: requests in flight at once (per event loop).
-        timeout: seconds for each request (connect at most 10 s).
+        timeout: seconds for each attempt, whole: connecting, sending, waiting and reading the reply (connect at most
+            10 s of it).
         max_retries: retries after the first attempt on transport errors, timeouts, 408/409/425/429 and 5xx.
         backoff, max_backoff: first and largest wait between retries, in seconds (exponential, with jitter);
             ``max_backoff`` also caps a server's ``Retry-After``.
+        total_timeout: seconds for one `amoderate`/`moderate` call as a whole, every request, queueing, retry and
+            backoff in it; what is unanswered then is a failed verdict. Default: what one request's retries can take
+            plus one attempt's worth for queueing, ``(max_retries + 2) * timeout + max_retries * max_backoff`` (630 s
+            with the defaults).
         log_interval: at most one failure warning per this many seconds (the warning sums up what it skipped).
 
     Example:
@@ -135,6 +143,7 @@ class RemoteGenBackend:
         *,
         backoff: float = 0.5,
         max_backoff: float = 10.0,
+        total_timeout: float | None = None,
         log_interval: float = 60.0,
     ):
         if max_new_tokens < 1:
@@ -149,6 +158,7 @@ class RemoteGenBackend:
             max_retries=max_retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            total_timeout=total_timeout or (max_retries + 2) * timeout + max_retries * max_backoff,
         )
         self.base_url = self.http.base_url
         self.url = self.base_url + "/chat/completions"
