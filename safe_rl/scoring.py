@@ -124,6 +124,9 @@ def score(
         reward = HybridReward(guard, HelpfulnessRM(helpfulness_model, device=device), policy=policy)  # type: ignore[arg-type]
     else:
         reward = GuardOnlyReward(guard, policy=policy)  # type: ignore[arg-type]
+    from rewards.warmup import load_reward_models
+
+    load_reward_models(reward)  # a model that cannot load: one line, exit 1 (safe_rl.cli.main), no file of failures
     try:
         summary = score_file(
             input,
