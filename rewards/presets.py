@@ -148,7 +148,7 @@ def reward_settings(kind: str) -> dict[str, Any]:
     }
     for key, variable in _POSITIVE.items():
         if settings[key] < 1:
-            raise SettingError(f"{variable}={settings[key]}: must be at least 1")
+            raise SettingError(f"{variable}={env_str(variable)!r}: must be at least 1")
     if kind == "hybrid":
         settings.update(
             helpfulness_model=env_str("SAFE_RL_HELPFULNESS_MODEL", DEFAULT_HELPFULNESS_MODEL),
