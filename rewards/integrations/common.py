@@ -27,7 +27,18 @@ _COALESCER_LOCK = threading.Lock()
 
 
 def use_reward(reward: Any, kind: str | None = None) -> None:
-    """Make the adapters use ``reward`` (a `GuardOnlyReward`/`HybridReward`) instead of one built from the environment."""
+    """Make the adapters use ``reward`` (a `GuardOnlyReward`/`HybridReward`) instead of one built from the environment.
+
+    Example:
+        >>> from rewards import GuardOnlyReward, Verdict
+        >>> class Safe:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Safe") for _ in conversations]
+        >>> use_reward(GuardOnlyReward(Safe()))
+        >>> get_reward_for("guard_only").__name__
+        'guard_only_reward'
+        >>> _REWARDS.clear()
+    """
     _REWARDS[kind or ("hybrid" if hasattr(reward, "helpfulness") else "guard_only")] = reward
 
 
@@ -38,7 +49,14 @@ def _check_kind(kind: str) -> None:
 
 def get_reward_for(kind: str) -> Any:
     """The reward of ``kind`` ("hybrid" or "guard_only"): set by `use_reward`, else built from ``SAFE_RL_*`` and its
-    models loaded, once per process even when the first calls come from many threads at once."""
+    models loaded, once per process even when the first calls come from many threads at once.
+
+    Example:
+        >>> get_reward_for("judge")
+        Traceback (most recent call last):
+        ...
+        rewards.presets.SettingError: reward must be one of ['guard_only', 'hybrid'], got 'judge'
+    """
     _check_kind(kind)
     if kind not in _REWARDS:
         with LOAD_LOCK:
@@ -72,6 +90,12 @@ def get_routed_reward_for(kind: str, router_address: str, tokenizer: Any = None)
 
     The guard requests go to ``http://{router_address}/v1/chat/completions`` with the model name of
     `served_guard_name`; ``tokenizer`` (the guard's own) escapes and cuts content exactly as in-process.
+
+    Example:
+        >>> reward = get_routed_reward_for("guard_only", "10.0.0.7:30000")  # nothing is sent until the first call
+        >>> reward.guard.base_url, reward is get_routed_reward_for("guard_only", "10.0.0.7:30000")
+        ('http://10.0.0.7:30000/v1', True)
+        >>> _REWARDS.clear()
     """
     _check_kind(kind)
     key = (kind, router_address)
@@ -94,7 +118,17 @@ def get_routed_reward_for(kind: str, router_address: str, tokenizer: Any = None)
 
 def coalescer_for(reward: Any) -> JudgeCoalescer:
     """The one `rewards.coalesce.JudgeCoalescer` of ``reward`` in this process, its window and batch size set by
-    ``SAFE_RL_COALESCE_WINDOW_MS`` and ``SAFE_RL_COALESCE_MAX_BATCH``."""
+    ``SAFE_RL_COALESCE_WINDOW_MS`` and ``SAFE_RL_COALESCE_MAX_BATCH``.
+
+    Example:
+        >>> from rewards import GuardOnlyReward, Verdict
+        >>> class Safe:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Safe") for _ in conversations]
+        >>> reward = GuardOnlyReward(Safe())
+        >>> coalescer_for(reward) is coalescer_for(reward), coalescer_for(reward).window
+        (True, 0.005)
+    """
     coalescer = _COALESCERS.get(id(reward))
     if coalescer is None:
         with _COALESCER_LOCK:

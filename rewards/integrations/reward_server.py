@@ -59,7 +59,7 @@ def authorized(header: str | None, api_key: str) -> bool:
     return hmac.compare_digest(value.strip().encode(), api_key.encode())
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+async def _read_body(request: Any, limit: int) -> bytes:
     """The request body, raising `_TooLarge` as soon as it exceeds ``limit`` bytes (declared or read)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -80,7 +80,22 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Any:
-    """The FastAPI app serving ``reward`` (loaded) to OpenRLHF; see the module docstring."""
+    """The FastAPI app serving ``reward`` (loaded) to OpenRLHF; see the module docstring.
+
+    Example:
+        >>> from fastapi.testclient import TestClient
+        >>> from rewards import GuardOnlyReward, Verdict
+        >>> class Safe:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Safe", refusal=False) for _ in conversations]
+        >>> client = TestClient(create_app(GuardOnlyReward(Safe()), api_key="k"))
+        >>> prompt = "<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n"
+        >>> body = {"query": [prompt + "Hello!<|im_end|>"], "prompts": [prompt]}
+        >>> client.get("/health").json()["status"], client.post("/get_reward", json=body).status_code
+        ('ready', 401)
+        >>> client.post("/get_reward", json=body, headers={"Authorization": "Bearer k"}).json()["rewards"]
+        [1.0]
+    """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -105,7 +120,7 @@ def create_app(
                 401, "missing or wrong API key (Authorization: Bearer <key>)", **{"WWW-Authenticate": "Bearer"}
             )
         try:
-            raw = await read_body(request, max_body_bytes)
+            raw = await _read_body(request, max_body_bytes)
         except _TooLarge:
             return error(413, f"request body over the server's limit of {max_body_bytes} bytes (--max-body-bytes)")
         try:

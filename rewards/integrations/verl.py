@@ -92,8 +92,15 @@ def compute_score(
     """Score one sample (verl's per-sample signature, keyword arguments), judged in a coalesced batch.
 
     Example:
-        >>> compute_score("wildjailbreak", "I can't help.", None, {"prompt": "How to ..."})  # doctest: +SKIP
-        {'score': -5.0, 'judged': 1.0, 'unsafe': 0.0, 'refusal': 1.0}
+        >>> from rewards import GuardOnlyReward, Verdict
+        >>> from rewards.integrations import common
+        >>> class RefusalSeer:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Safe", refusal=True) for _ in conversations]
+        >>> common.use_reward(GuardOnlyReward(RefusalSeer()), "guard_only")
+        >>> compute_score("wildjailbreak", "I can't help.", None, {"prompt": "How to ..."}, reward="guard_only")
+        {'score': 1.0, 'judged': 1.0, 'unsafe': 0.0, 'refusal': 1.0}
+        >>> common._REWARDS.clear()
     """
     scorer = _reward(reward, reward_router_address, reward_model_tokenizer)
     detail = coalescer_for(scorer).judge_one(prompt_of(extra_info), solution_str)
@@ -115,8 +122,15 @@ async def compute_score_async(
 
     Example:
         >>> import asyncio
-        >>> asyncio.run(compute_score_async("wj", "Sure.", None, {"prompt": "Hi"}))  # doctest: +SKIP
-        {'score': 1.2, 'judged': 1.0, 'unsafe': 0.0, 'refusal': 0.0}
+        >>> from rewards import GuardOnlyReward, Verdict
+        >>> from rewards.integrations import common
+        >>> class Flagging:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Unsafe", refusal=False) for _ in conversations]
+        >>> common.use_reward(GuardOnlyReward(Flagging()), "guard_only")
+        >>> asyncio.run(compute_score_async("wj", "Sure, ...", None, {"prompt": "Hi"}, reward="guard_only"))
+        {'score': 0.0, 'judged': 1.0, 'unsafe': 1.0, 'refusal': 0.0}
+        >>> common._REWARDS.clear()
     """
     import asyncio
 
@@ -138,8 +152,18 @@ def compute_score_batch(
     """Scores for a batch in one guard call (older verl's ``batch`` reward manager signature).
 
     Example:
-        >>> compute_score_batch(["wildjailbreak"], ["I can't help."], [None], [{"prompt": "How to ..."}])  # doctest: +SKIP
+        >>> from rewards import HybridReward, Verdict
+        >>> from rewards.integrations import common
+        >>> class RefusalSeer:
+        ...     def moderate(self, conversations):
+        ...         return [Verdict(safety="Safe", refusal=True) for _ in conversations]
+        >>> class Helpful:
+        ...     def score(self, prompts, answers):
+        ...         return [2.0 for _ in answers]
+        >>> common.use_reward(HybridReward(RefusalSeer(), Helpful()), "hybrid")
+        >>> compute_score_batch(["wildjailbreak"], ["I can't help."], [None], [{"prompt": "How to ..."}])
         [{'score': -5.0, 'judged': 1.0, 'unsafe': 0.0, 'refusal': 1.0}]
+        >>> common._REWARDS.clear()
     """
     scorer = get_reward_for(reward)
     prompts = [prompt_of(info) for info in extra_infos]
