@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rewards.circuit_breaker import DEFAULT_LIMIT, DEFAULT_PATIENCE
-from rewards.loading import load_once
+from rewards.loading import LOAD_LOCK, load_once
 from rewards.registry import get_reward
 from rewards.safety_rewards import SAFETY_SCORES
 from rewards.verdict import POLICIES
@@ -172,6 +172,34 @@ def reward_from_env(kind: str, **overrides: Any) -> Any:
     return get_reward(kind, **settings)
 
 
+_SHARED: dict[str, Any] = {}
+
+
+def shared_reward(kind: str) -> Any:
+    """The process's one ``kind`` reward built from the ``SAFE_RL_*`` variables, models loaded: what the TRL dotted
+    paths (``rewards.hybrid_reward`` and its async form) and the verl and OpenRLHF adapters all use. Built once per
+    process whatever the threads; the guard-only and the hybrid reward share one guard.
+
+    Example:
+        >>> shared_reward("judge")
+        Traceback (most recent call last):
+        ...
+        rewards.presets.SettingError: reward must be one of ['guard_only', 'hybrid'], got 'judge'
+    """
+    if kind not in KINDS:
+        raise SettingError(f"reward must be one of {list(KINDS)}, got {kind!r}")
+    if kind not in _SHARED:
+        with LOAD_LOCK:
+            if kind not in _SHARED:
+                from rewards.warmup import load_reward_models
+
+                built = next(iter(_SHARED.values()), None)
+                reward = reward_from_env(kind, guard=built.guard if built is not None else None)
+                reward.__name__ = f"{kind}_reward"
+                _SHARED[kind] = load_reward_models(reward)
+    return _SHARED[kind]
+
+
 class EnvReward:
     """A reward built from the environment on its first call; picklable, with a stable ``__name__``.
 
@@ -198,11 +226,7 @@ class EnvReward:
         return load_once(self, "_reward", self._build)
 
     def _build(self) -> Any:
-        from rewards.warmup import load_reward_models
-
-        reward = reward_from_env(self.kind)
-        reward.__name__ = self.__name__
-        return load_reward_models(reward)
+        return shared_reward(self.kind)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         return self.reward(prompts, completions, **kwargs)

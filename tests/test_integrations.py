@@ -253,3 +253,20 @@ def test_score_exits_with_one_line_when_the_guard_cannot_load(tmp_path):
     assert (
         proc.stderr.strip().splitlines()[-1].startswith(f"safe-rl: error: cannot load the guard '{tmp_path}/missing'")
     )
+
+
+def test_the_reward_server_answers_503_once_the_run_would_train_on_nothing():
+    from fastapi.testclient import TestClient
+
+    from rewards.integrations.reward_server import create_app
+
+    class Down:
+        def moderate(self, conversations):
+            return [Verdict(safety=None, error="guard server: ConnectError") for _ in conversations]
+
+    client = TestClient(create_app(GuardOnlyReward(Down(), unjudged_patience=1)))
+    body = {"query": [USER + f"a{i}" for i in range(8)], "prompts": [USER] * 8}
+    reply = client.post("/get_reward", json=body)
+    assert reply.status_code == 503 and "ConnectError" in reply.json()["detail"]
+    assert client.get("/health").status_code == 503 and client.get("/health").json()["status"] == "stopped"
+    assert client.post("/get_reward", json=body).status_code == 503

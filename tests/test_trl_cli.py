@@ -72,3 +72,20 @@ def test_trl_grpo_cli_stops_when_the_guard_cannot_load(tmp_path):
     assert proc.returncode != 0
     assert f"cannot load the guard '{tmp_path / 'no-such-guard'}'" in proc.stderr
     assert "Training completed" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_trl_grpo_cli_stops_instead_of_training_on_nothing(tmp_path):
+    from _serve import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # no guard server there: every sample comes back unjudged
+    proc = trl_grpo(
+        tmp_path,
+        "rewards.guard_only_reward",
+        SAFE_RL_GUARD_BASE_URL=url,
+        SAFE_RL_GUARD_MODEL="served-guard",
+        SAFE_RL_UNJUDGED_PATIENCE="1",
+    )
+    assert proc.returncode != 0
+    assert "TrainingOnNothingError" in proc.stderr and "guard server" in proc.stderr, proc.stderr[-3000:]
+    assert "Training completed" not in proc.stdout

@@ -16,7 +16,7 @@ from typing import Any
 
 from rewards.coalesce import DEFAULT_MAX_BATCH, DEFAULT_WINDOW, JudgeCoalescer
 from rewards.loading import LOAD_LOCK
-from rewards.presets import KINDS, SettingError, env_number, env_str, reward_from_env
+from rewards.presets import KINDS, SettingError, env_number, env_str, reward_from_env, shared_reward
 from rewards.warmup import load_reward_models
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ def _check_kind(kind: str) -> None:
 
 
 def get_reward_for(kind: str) -> Any:
-    """The reward of ``kind`` ("hybrid" or "guard_only"): set by `use_reward`, else built from ``SAFE_RL_*`` and its
-    models loaded, once per process even when the first calls come from many threads at once.
+    """The reward of ``kind`` ("hybrid" or "guard_only"): set by `use_reward`, else the process's one reward built
+    from ``SAFE_RL_*`` (`rewards.presets.shared_reward`, the same the TRL dotted paths use).
 
     Example:
         >>> get_reward_for("judge")
@@ -58,11 +58,7 @@ def get_reward_for(kind: str) -> Any:
         rewards.presets.SettingError: reward must be one of ['guard_only', 'hybrid'], got 'judge'
     """
     _check_kind(kind)
-    if kind not in _REWARDS:
-        with LOAD_LOCK:
-            if kind not in _REWARDS:
-                _REWARDS[kind] = load_reward_models(reward_from_env(kind))
-    return _REWARDS[kind]
+    return _REWARDS[kind] if kind in _REWARDS else shared_reward(kind)
 
 
 def served_guard_name(tokenizer: Any) -> str:
