@@ -147,7 +147,11 @@ class JudgeCoalescer:
 
     def _run(self, jobs: queue.SimpleQueue[_Job]) -> None:
         while True:
-            batch = self._gather(jobs)
+            # A caller that gave up (a cancelled future: an asyncio timeout, a closed connection) is dropped here;
+            # the others' futures cannot be cancelled from now on.
+            batch = [job for job in self._gather(jobs) if job.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             try:
                 self._judge(batch)
             except BaseException as exc:  # never let the dispatcher die with callers waiting

@@ -158,6 +158,23 @@ def test_a_failing_caller_fails_alone_and_configuration_errors_reach_everyone():
             future.result()
 
 
+def test_a_caller_that_gives_up_does_not_disturb_the_others():
+    import time
+
+    class Slow(ScriptedGuard):
+        def moderate(self, conversations):
+            time.sleep(0.2)
+            return super().moderate(conversations)
+
+    coalescer = JudgeCoalescer(GuardOnlyReward(Slow()), window=0)
+    first = coalescer.submit(["q"], ["[safe]"])
+    time.sleep(0.05)  # the first batch is being judged
+    gave_up = coalescer.submit(["q"], ["[safe]"])
+    assert gave_up.cancel()
+    waiting = coalescer.submit(["q"], ["[unsafe]"])
+    assert first.result()[0].reward == 1.0 and waiting.result()[0].reward == 0.0
+
+
 def test_the_dispatcher_is_rebuilt_after_pickling():
     import pickle
 
