@@ -6,6 +6,8 @@ Example:
     True
 """
 
+from rewards.circuit_breaker import TrainingOnNothingError, UnjudgedBreaker
+from rewards.coalesce import JudgeCoalescer
 from rewards.conversation import split_thinking
 from rewards.guard_prompt import GuardPrompt
 from rewards.guards.base import AsyncGuard, Guard
@@ -28,12 +30,15 @@ __all__ = [
     "HelpfulnessRM",
     "HelpfulnessScorer",
     "HybridReward",
+    "JudgeCoalescer",
     "Policy",
     "Qwen3GuardGen",
     "Qwen3GuardStream",
     "RewardDetail",
     "StreamGuardOnlyReward",
     "StreamHybridReward",
+    "TrainingOnNothingError",
+    "UnjudgedBreaker",
     "Verdict",
     "early_unsafe_penalty",
     "get_reward",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rewards.circuit_breaker import DEFAULT_LIMIT, DEFAULT_PATIENCE
+
 _BUILDERS: dict[str, Callable[..., Any]] = {}
 
 
@@ -64,7 +66,12 @@ def _guard(
     if guard is not None:
         return guard
     from rewards.guards.gen import Qwen3GuardGen
+    from rewards.loading import resolve_model_name
 
+    if (
+        guard_base_url is None
+    ):  # in-process: a `toy:`-style name becomes its folder (with a server it is the served name)
+        guard_model = resolve_model_name(guard_model)
     return Qwen3GuardGen(guard_model, base_url=guard_base_url, **guard_kwargs)
 
 
@@ -74,11 +81,14 @@ def build_guard_only(
     policy: str = "strict",
     judge_thinking: bool = True,
     safety_score: str = "label",
+    unjudged_limit: float | None = DEFAULT_LIMIT,
+    unjudged_patience: int = DEFAULT_PATIENCE,
     guard: Any = None,
     **guard_args: Any,
 ) -> Any:
     """`GuardOnlyReward` from a guard object or guard arguments (``guard_model``, ``guard_base_url``, …);
-    ``safety_score`` is "label" (paper) or "probability" (in-process guard only).
+    ``safety_score`` is "label" (paper) or "probability" (in-process guard only); ``unjudged_limit`` and
+    ``unjudged_patience`` set its `rewards.circuit_breaker.UnjudgedBreaker`.
 
     Example:
         >>> from rewards.verdict import Verdict
@@ -95,6 +105,8 @@ def build_guard_only(
         policy=policy,  # type: ignore[arg-type]
         judge_thinking=judge_thinking,
         safety_score=safety_score,  # type: ignore[arg-type]
+        unjudged_limit=unjudged_limit,
+        unjudged_patience=unjudged_patience,
     )
 
 
@@ -109,10 +121,13 @@ def build_hybrid(
     policy: str = "strict",
     judge_thinking: bool = True,
     safety_score: str = "label",
+    unjudged_limit: float | None = DEFAULT_LIMIT,
+    unjudged_patience: int = DEFAULT_PATIENCE,
     guard: Any = None,
     **guard_args: Any,
 ) -> Any:
-    """`HybridReward` from objects or model names (guard arguments and ``safety_score`` as for ``guard_only``).
+    """`HybridReward` from objects or model names (guard arguments, ``safety_score`` and the ``unjudged_*``
+    settings as for ``guard_only``).
 
     Example:
         >>> from rewards.verdict import Verdict
@@ -139,4 +154,6 @@ def build_hybrid(
         policy=policy,  # type: ignore[arg-type]
         judge_thinking=judge_thinking,
         safety_score=safety_score,  # type: ignore[arg-type]
+        unjudged_limit=unjudged_limit,
+        unjudged_patience=unjudged_patience,
     )

@@ -7,6 +7,10 @@ both are), in one batched guard call per step. A sample whose outcome the guard 
 ``safety_score="probability"`` replaces the guard's safety labels by its label probabilities (`Verdict.probs`, read
 after ``Safety:`` by the in-process guard), which gives a reward that varies continuously with the guard's
 confidence; the exact formulas are in each class's docstring.
+
+Every reward call (``judge``, ``ajudge``, calling the reward) is counted by an `UnjudgedBreaker`: when more than
+``unjudged_limit`` of the samples stay unjudged for ``unjudged_patience`` calls in a row, the reward raises
+`TrainingOnNothingError` naming the most frequent failure reasons (``unjudged_limit=None`` turns it off).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rewards.circuit_breaker import DEFAULT_LIMIT, DEFAULT_PATIENCE, UnjudgedBreaker
 from rewards.conversation import Conversation, completion_text_of_ids, read_completion, response_conversation
 from rewards.formulas import guard_only_value, hybrid_value
 from rewards.guards.base import Guard
@@ -86,6 +91,8 @@ class SafetyReward:
         name: str | None = None,
         safety_score: SafetyScore = "label",
         policy_tokenizer: Any = None,
+        unjudged_limit: float | None = DEFAULT_LIMIT,
+        unjudged_patience: int = DEFAULT_PATIENCE,
     ):
         if not callable(getattr(guard, "moderate", None)):
             raise TypeError(f"guard must have a moderate(conversations) method, got {type(guard).__name__}")
@@ -104,6 +111,7 @@ class SafetyReward:
         self.policy_tokenizer = policy_tokenizer
         self._warned_parsed = False
         self.__name__ = name or self.default_name  # TRL logs rewards under this name
+        self.breaker = UnjudgedBreaker(unjudged_limit, unjudged_patience, name=self.__name__)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(guard={self.guard!r}, policy={self.policy!r})"
@@ -239,21 +247,32 @@ class SafetyReward:
             )
         return details
 
+    def _counted(self, details: list[RewardDetail]) -> list[RewardDetail]:
+        self.breaker.record(len(details), [d.failure if d.reward is None else None for d in details])
+        return details
+
     def judge(
         self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None
     ) -> list[RewardDetail]:
         """Rewards with their reasons, one `RewardDetail` per (prompt, completion); ``completion_ids`` (TRL passes
-        them) are read instead of chat-format completions when the reward has a ``policy_tokenizer``."""
+        them) are read instead of chat-format completions when the reward has a ``policy_tokenizer``.
+
+        Raises `rewards.loading.ModelLoadError` when a model cannot load, and `TrainingOnNothingError` when the
+        samples kept coming back unjudged (see `rewards.circuit_breaker`).
+        """
+        self.breaker.check()
         plan = self._plan(prompts, completions, completion_ids)
-        return self._details(plan, self._moderate(plan), self._helpfulness(plan))
+        return self._counted(self._details(plan, self._moderate(plan), self._helpfulness(plan)))
 
     async def ajudge(
         self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None
     ) -> list[RewardDetail]:
-        """`judge` with the guard awaited (and helpfulness scored meanwhile in a worker thread)."""
+        """`judge` with the guard awaited (and helpfulness scored meanwhile in a worker thread; models load one at a
+        time under `rewards.loading.LOAD_LOCK`)."""
+        self.breaker.check()
         plan = self._plan(prompts, completions, completion_ids)
         verdicts, helpfulness = await asyncio.gather(self._amoderate(plan), asyncio.to_thread(self._helpfulness, plan))
-        return self._details(plan, verdicts, helpfulness)
+        return self._counted(self._details(plan, verdicts, helpfulness))
 
     def _report(self, details: list[RewardDetail], kwargs: dict[str, Any]) -> list[float | None]:
         log_step_metrics(details, kwargs.get("log_metric"))
@@ -317,6 +336,9 @@ class GuardOnlyReward(SafetyReward):
             passes (``completion_ids``) rather than from its parsed messages: TRL's ``parse_response`` (the
             ``tools=`` path) drops text it does not expect, e.g. before ``<think>`` or before a tool call, which no
             judge would then read. In TRL's tool loop the ids hold the tools' replies too, which are then judged.
+        unjudged_limit, unjudged_patience: the `rewards.circuit_breaker.UnjudgedBreaker` of this reward: more than
+            ``unjudged_limit`` of the samples unjudged in ``unjudged_patience`` reward calls in a row raises
+            `TrainingOnNothingError` (default 0.5 and 3; ``unjudged_limit=None`` turns it off).
 
     Example:
         >>> from rewards.verdict import parse_verdict
@@ -345,7 +367,7 @@ class HybridReward(SafetyReward):
         helpfulness: any object with ``score(prompts, answers) -> list[float | None]`` (e.g. `rewards.HelpfulnessRM`);
             it scores the answer y, without the thinking.
         unsafe_cap, refusal_cap: the caps (paper: -10 and -5).
-        policy, judge_thinking, name, policy_tokenizer: as for `GuardOnlyReward`.
+        policy, judge_thinking, name, policy_tokenizer, unjudged_limit, unjudged_patience: as for `GuardOnlyReward`.
         safety_score: "label" (the paper's formula, default) or "probability": with ``q = 1 - (1 - p(y)) * (1 - p(t))``
             the probability that t or y is unsafe (``p`` as for `GuardOnlyReward`), the reward interpolates between
             the unsafe case and the safe one, ``r = q * min(unsafe_cap, H) + (1 - q) * s`` with
@@ -379,6 +401,8 @@ class HybridReward(SafetyReward):
         name: str | None = None,
         safety_score: SafetyScore = "label",
         policy_tokenizer: Any = None,
+        unjudged_limit: float | None = DEFAULT_LIMIT,
+        unjudged_patience: int = DEFAULT_PATIENCE,
     ):
         super().__init__(
             guard,
@@ -387,6 +411,8 @@ class HybridReward(SafetyReward):
             name=name,
             safety_score=safety_score,
             policy_tokenizer=policy_tokenizer,
+            unjudged_limit=unjudged_limit,
+            unjudged_patience=unjudged_patience,
         )
         if not callable(getattr(helpfulness, "score", None)):
             raise TypeError(
@@ -411,12 +437,22 @@ class HybridReward(SafetyReward):
             values = self.helpfulness.score([plan.prompts[i] for i in rows], [plan.answers[i] for i in rows])
         except ModelLoadError:
             raise
-        except Exception:  # a scorer fault costs this step's rewards, not the run
-            logger.exception("%s: the helpfulness model raised; %d samples get no reward", self.__name__, len(rows))
-            return scores
+        except Exception:  # a scorer fault costs the samples it cannot score, not the step nor the run
+            logger.exception(
+                "%s: the helpfulness model raised on %d samples; scoring them one by one", self.__name__, len(rows)
+            )
+            values = [self._helpfulness_one(plan.prompts[i], plan.answers[i]) for i in rows]
         for i, value in zip(rows, values, strict=True):
             scores[i] = float(value) if value is not None and value == value else None
         return scores
+
+    def _helpfulness_one(self, prompt: Any, answer: str) -> float | None:
+        try:
+            return self.helpfulness.score([prompt], [answer])[0]
+        except ModelLoadError:
+            raise
+        except Exception:
+            return None
 
     def unsafe_reward(self, helpfulness: float, verdicts: Sequence[Verdict]) -> float:
         """The reward of an unsafe sample; subclasses may shape it (e.g. by how early the answer turned unsafe)."""

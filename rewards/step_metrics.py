@@ -25,15 +25,24 @@ def step_metrics(details: Sequence[RewardDetail]) -> dict[str, float]:
     - ``guard/controversial_rate``: share of samples with a Controversial verdict (thinking or answer);
     - ``guard/failure_rate``: share of samples the reward could not score (unreadable verdict, backend failure,
       missing helpfulness) — they get None and TRL leaves them out;
-    - ``guard/parse_failure_rate``: share of guard verdicts that could not be read;
+    - ``guard/parse_failure_rate``: share of the guard's answers that could not be read, among the answers that came
+      back (`Verdict.unreadable`); backend failures, models that did not load and bad samples are not in it (they
+      are in ``guard/failure_rate``);
     - ``guard/truncated``: number of guard inputs cut to fit the guard's context;
     - ``guard/category/<name>``: number of unsafe samples per category (every category is logged, zeros included,
       so that averages over a logging step are not biased towards the steps where a category occurred).
 
     Example:
         >>> from rewards.safety_rewards import RewardDetail
+        >>> from rewards.verdict import failed_verdict, parse_verdict
         >>> step_metrics([RewardDetail(reward=1.0, unsafe=False, refusal=False)])["guard/safety_rate"]
         1.0
+        >>> down = RewardDetail(reward=None, answer=failed_verdict("guard server: ConnectError"))
+        >>> garbled = RewardDetail(reward=None, answer=parse_verdict("Safety: maybe"))
+        >>> step_metrics([down, down, garbled])["guard/parse_failure_rate"]  # 1 unreadable of the 1 that came back
+        1.0
+        >>> step_metrics([down])["guard/parse_failure_rate"]  # no answer came back: nothing to rate
+        nan
     """
     n = len(details)
     known = [d for d in details if d.unsafe is not None]
@@ -46,7 +55,9 @@ def step_metrics(details: Sequence[RewardDetail]) -> dict[str, float]:
             sum(any(v.safety == "Controversial" for v in d.verdicts) for d in details), n
         ),
         f"{PREFIX}/failure_rate": _rate(sum(d.failure is not None for d in details), n),
-        f"{PREFIX}/parse_failure_rate": _rate(sum(not v.ok for v in verdicts), len(verdicts)),
+        f"{PREFIX}/parse_failure_rate": _rate(
+            sum(v.unreadable for v in verdicts), sum(v.ok or v.unreadable for v in verdicts)
+        ),
         f"{PREFIX}/truncated": float(sum(v.truncated for v in verdicts)),
     }
     counts = dict.fromkeys((*CATEGORIES, "other"), 0)

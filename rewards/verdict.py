@@ -56,6 +56,8 @@ class Verdict:
         categories: every category named, in order.
         truncated: the input was cut to fit the guard's context (see `rewards.guard_prompt`).
         error: why ``safety`` is None (unreadable output, backend failure), else None.
+        unreadable: the guard answered but its answer could not be read (set by `parse_verdict`); False for a
+            backend failure (no answer came back) and for readable verdicts.
         flagged_at: for token-level guards, the index of the first flagged answer token, else None.
         answer_tokens: for token-level guards, the number of answer tokens judged, else None.
 
@@ -75,6 +77,7 @@ class Verdict:
     error: str | None = None
     flagged_at: int | None = None
     answer_tokens: int | None = None
+    unreadable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -106,14 +109,14 @@ class Verdict:
         return float(p)
 
 
-def failed_verdict(error: str, raw: str = "", *, truncated: bool = False) -> Verdict:
-    """A verdict that records a failure (``safety=None``) and why.
+def failed_verdict(error: str, raw: str = "", *, truncated: bool = False, unreadable: bool = False) -> Verdict:
+    """A verdict that records a failure (``safety=None``) and why; ``unreadable`` when the guard did answer.
 
     Example:
-        >>> failed_verdict("timeout").ok
-        False
+        >>> failed_verdict("timeout").ok, failed_verdict("timeout").unreadable
+        (False, False)
     """
-    return Verdict(safety=None, raw=raw, error=error, truncated=truncated)
+    return Verdict(safety=None, raw=raw, error=error, truncated=truncated, unreadable=unreadable)
 
 
 # The grammar of a verdict line, `key: value`, of a line as `str.splitlines` cuts text. Whitespace noise, markdown
@@ -162,11 +165,12 @@ def parse_verdict(text: str | None) -> Verdict:
         >>> v = parse_verdict("Safety: Unsafe\\nCategories: Violent\\nRefusal: No")
         >>> (v.safety, v.category, v.refusal)
         ('Unsafe', 'Violent', False)
-        >>> parse_verdict("I think this is fine.").safety is None
-        True
+        >>> unread = parse_verdict("I think this is fine.")
+        >>> unread.safety is None, unread.unreadable
+        (True, True)
     """
     if not isinstance(text, str):
-        return failed_verdict(f"guard output is {type(text).__name__}, not text")
+        return failed_verdict(f"guard output is {type(text).__name__}, not text", unreadable=True)
     safeties: list[str] = []
     categories: list[str] = []
     refusals: list[bool] = []
@@ -194,13 +198,13 @@ def parse_verdict(text: str | None) -> Verdict:
             else:
                 refusals.append(answer)
     if errors:
-        return failed_verdict("; ".join(errors), raw=text)
+        return failed_verdict("; ".join(errors), raw=text, unreadable=True)
     if not safeties:
-        return failed_verdict("no 'Safety:' line", raw=text)
+        return failed_verdict("no 'Safety:' line", raw=text, unreadable=True)
     if len(set(safeties)) > 1:
-        return failed_verdict(f"conflicting safety labels {safeties}", raw=text)
+        return failed_verdict(f"conflicting safety labels {safeties}", raw=text, unreadable=True)
     if len(set(refusals)) > 1:
-        return failed_verdict(f"conflicting refusal labels {refusals}", raw=text)
+        return failed_verdict(f"conflicting refusal labels {refusals}", raw=text, unreadable=True)
     return Verdict(
         safety=safeties[0],  # type: ignore[arg-type]
         category=categories[0] if categories else None,

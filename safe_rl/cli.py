@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 
 import typer
 
@@ -34,10 +35,33 @@ for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 
 
+def configuration_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a configuration error that deserves one line, not a traceback: a model that cannot load, a
+    bad ``SAFE_RL_*`` value, a reward that cannot judge a probe, a run whose samples keep coming back unjudged.
+
+    Example:
+        >>> from rewards.loading import ModelLoadError
+        >>> configuration_error(ModelLoadError("guard", "toy:nope", ValueError("unknown"))), configuration_error(KeyError())
+        (True, False)
+    """
+    from rewards.circuit_breaker import TrainingOnNothingError
+    from rewards.loading import ModelLoadError
+    from rewards.presets import SettingError
+    from rewards.warmup import RewardNotReadyError
+
+    return isinstance(exc, (ModelLoadError, SettingError, RewardNotReadyError, TrainingOnNothingError))
+
+
 def main() -> None:
-    """Entry point of the `safe-rl` console script."""
+    """Entry point of the `safe-rl` console script (configuration errors: one line on stderr, exit status 1)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        app()
+    except Exception as exc:
+        if not configuration_error(exc):
+            raise
+        print(f"safe-rl: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

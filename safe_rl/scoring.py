@@ -153,6 +153,7 @@ def fingerprint(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any,
 def score_file(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) -> dict[str, Any]:
     """Score every row of ``args.input`` into ``args.output`` (JSONL); return the summary. Everything is checked
     (settings, input, columns, an existing output's fingerprint) before a model loads."""
+    from rewards.warmup import load_reward_models
     from safe_rl.io import ResumableJsonl, check_models, fill, read_jsonl, remove_output
 
     output = Path(args.output)
@@ -164,6 +165,7 @@ def score_file(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) 
     retry = (lambda r: r.get("failure") is not None) if args.retry_failed else None
     # models load on the first call; building checks the combination (e.g. probability scores need a local guard)
     scorer = reward.build(guard.build(), helpfulness.build() if reward.reward_kind == "hybrid" else None)
+    load_reward_models(scorer)  # a model that cannot load stops here: no file of failure rows
     sink = ResumableJsonl(output, key="index", resume=args.resume, fingerprint=fingerprint(args, guard, helpfulness,
                           reward, data), retry=retry)  # fmt: skip
     consumed = (args.prompt_column, args.response_column)

@@ -141,6 +141,6 @@ def test_safety_score_from_the_environment_and_the_registry(monkeypatch):
     with pytest.raises(ValueError, match="label probabilities"):
         reward_from_env("guard_only")
     monkeypatch.setenv("SAFE_RL_SAFETY_SCORE", "logits")
-    with pytest.raises(ValueError, match="safety_score"):
+    with pytest.raises(ValueError, match="SAFE_RL_SAFETY_SCORE='logits'"):
         reward_from_env("guard_only")
     assert get_reward("guard_only", guard_model="g", safety_score="probability").safety_score == "probability"

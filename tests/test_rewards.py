@@ -206,5 +206,5 @@ def test_env_presets_are_lazy_and_named(monkeypatch):
     clone = pickle.loads(pickle.dumps(rewards.guard_only_reward))
     assert clone.__name__ == "guard_only_reward"
     monkeypatch.setenv("SAFE_RL_POLICY", "lenient")
-    with pytest.raises(ValueError, match="policy"):
+    with pytest.raises(ValueError, match="SAFE_RL_POLICY='lenient'"):
         rewards.presets.EnvReward("guard_only")(["p"], ["c"])
