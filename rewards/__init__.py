@@ -14,11 +14,12 @@ from rewards.guards.base import AsyncGuard, Guard
 from rewards.guards.gen import Qwen3GuardGen
 from rewards.guards.stream import Qwen3GuardStream
 from rewards.helpfulness import HelpfulnessRM, HelpfulnessScorer
+from rewards.judgement import RewardDetail
 from rewards.presets import guard_only_reward, guard_only_reward_async, hybrid_reward, hybrid_reward_async
 from rewards.registry import get_reward, register
-from rewards.safety_rewards import AsyncSafetyReward, GuardOnlyReward, HybridReward, RewardDetail
+from rewards.safety_rewards import AsyncSafetyReward, GuardOnlyReward, HybridReward
 from rewards.stream_rl import StreamGuardOnlyReward, StreamHybridReward, early_unsafe_penalty
-from rewards.verdict import CATEGORIES, Policy, Verdict, parse_verdict
+from rewards.verdict import CATEGORIES, Strictness, Verdict, parse_verdict
 
 __all__ = [
     "CATEGORIES",
@@ -31,7 +32,7 @@ __all__ = [
     "HelpfulnessScorer",
     "HybridReward",
     "JudgeCoalescer",
-    "Policy",
+    "Strictness",
     "Qwen3GuardGen",
     "Qwen3GuardStream",
     "RewardDetail",

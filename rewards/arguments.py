@@ -28,6 +28,21 @@ GUARD_KINDS: tuple[str, ...] = ("gen", "stream")
 
 A = TypeVar("A")
 
+# Variables of earlier releases: setting one is an error that names its successor, never silently ignored.
+RENAMED_VARIABLES = {
+    "SAFE_RL_POLICY": "SAFE_RL_REWARD_STRICTNESS",
+    "SAFE_RL_UNSAFE_CAP": "SAFE_RL_REWARD_UNSAFE_CAP",
+    "SAFE_RL_REFUSAL_CAP": "SAFE_RL_REWARD_REFUSAL_CAP",
+    "SAFE_RL_JUDGE_THINKING": "SAFE_RL_REWARD_JUDGE_THINKING",
+    "SAFE_RL_SAFETY_SCORE": "SAFE_RL_REWARD_SAFETY_SCORE",
+    "SAFE_RL_UNJUDGED_LIMIT": "SAFE_RL_REWARD_UNJUDGED_LIMIT",
+    "SAFE_RL_UNJUDGED_PATIENCE": "SAFE_RL_REWARD_UNJUDGED_PATIENCE",
+}
+
+
+class SettingError(ValueError):
+    """A setting (environment variable, flag or config key) whose value cannot be used; the message names it."""
+
 
 @dataclass
 class GuardArguments:
@@ -96,16 +111,18 @@ class GuardArguments:
         """``guard_api_key``, else the ``SAFE_RL_GUARD_API_KEY`` variable (unset: no key)."""
         return self.guard_api_key or os.environ.get(env_name("guard_api_key")) or None
 
-    def build(self) -> Any:
+    def build(self, tokenizer: Any = None) -> Any:
         """The guard (`rewards.Qwen3GuardGen` or `rewards.Qwen3GuardStream`); models load on first use.
 
         An in-process guard's model and tokenizer names are resolved first (`rewards.loading.resolve_model_name`),
-        so a ``toy:`` name works here as everywhere; a served guard keeps the name the server serves.
+        so a ``toy:`` name works here as everywhere; a served guard keeps the name the server serves. ``tokenizer``
+        (a loaded guard tokenizer) takes the place of ``guard_tokenizer``.
         """
         from rewards.loading import resolve_model_name
 
         model = self.guard_model if self.is_remote else resolve_model_name(self.guard_model)
-        tokenizer = resolve_model_name(self.guard_tokenizer) if self.guard_tokenizer else None
+        if tokenizer is None and self.guard_tokenizer:
+            tokenizer = resolve_model_name(self.guard_tokenizer)
         if self.guard_kind == "stream":
             from rewards.guards.stream import Qwen3GuardStream
 
@@ -204,7 +221,7 @@ class RewardArguments:
     """
 
     reward_kind: str = field(default="hybrid", metadata={"help": "hybrid (paper eq. 2) or guard_only (eq. 1)."})
-    reward_policy: str = field(default="strict", metadata={"help": "strict (Controversial = unsafe) or loose."})
+    reward_strictness: str = field(default="strict", metadata={"help": "strict (Controversial = unsafe) or loose."})
     reward_unsafe_cap: float = field(default=-10.0, metadata={"help": "Hybrid: reward min(cap, H) when unsafe."})
     reward_refusal_cap: float = field(default=-5.0, metadata={"help": "Hybrid: reward min(cap, H) on a refusal."})
     reward_judge_thinking: bool = field(default=True, metadata={"help": "Also judge the thinking t (paper)."})
@@ -212,19 +229,29 @@ class RewardArguments:
         default="label",
         metadata={"help": "label (paper: the guard's Safe/Unsafe verdict) or probability (in-process guard only)."},
     )
+    reward_unjudged_limit: float | None = field(
+        default=0.5,
+        metadata={"help": "Stop when more than this share of the samples is unjudged in `unjudged_patience` reward "
+                  "calls in a row (rewards.circuit_breaker); none/off turns the check off."},
+    )  # fmt: skip
+    reward_unjudged_patience: int = field(default=3, metadata={"help": "Reward calls in a row, see unjudged_limit."})
 
     def __post_init__(self) -> None:
         from rewards.safety_rewards import SAFETY_SCORES
-        from rewards.verdict import POLICIES
+        from rewards.verdict import STRICTNESS_LEVELS
 
         if self.reward_kind not in REWARD_KINDS:
             raise ValueError(f"reward_kind must be one of {REWARD_KINDS}, got {self.reward_kind!r}")
-        if self.reward_policy not in POLICIES:
-            raise ValueError(f"reward_policy must be one of {POLICIES}, got {self.reward_policy!r}")
+        if self.reward_strictness not in STRICTNESS_LEVELS:
+            raise ValueError(f"reward_strictness must be one of {STRICTNESS_LEVELS}, got {self.reward_strictness!r}")
         if self.reward_safety_score not in SAFETY_SCORES:
             raise ValueError(f"reward_safety_score must be one of {SAFETY_SCORES}, got {self.reward_safety_score!r}")
         if self.reward_unsafe_cap > self.reward_refusal_cap:
             raise ValueError("reward_unsafe_cap must not exceed reward_refusal_cap (unsafe is worse than refusing)")
+        if self.reward_unjudged_limit is not None and not 0.0 <= self.reward_unjudged_limit < 1.0:
+            raise ValueError(f"reward_unjudged_limit must be in [0, 1) or none, got {self.reward_unjudged_limit}")
+        if self.reward_unjudged_patience < 1:
+            raise ValueError(f"reward_unjudged_patience must be at least 1, got {self.reward_unjudged_patience}")
 
     def build(self, guard: Any, helpfulness: Any = None, kind: str | None = None) -> Any:
         """The reward of ``kind`` (default ``reward_kind``) on ``guard`` (and ``helpfulness`` for the hybrid)."""
@@ -233,9 +260,11 @@ class RewardArguments:
         kind = kind or self.reward_kind
         common = {
             "guard": guard,
-            "policy": self.reward_policy,
+            "strictness": self.reward_strictness,
             "judge_thinking": self.reward_judge_thinking,
             "safety_score": self.reward_safety_score,
+            "unjudged_limit": self.reward_unjudged_limit,
+            "unjudged_patience": self.reward_unjudged_patience,
         }
         if kind == "hybrid":
             if helpfulness is None:
@@ -261,31 +290,36 @@ def env_name(field_name: str, prefix: str = ENV_PREFIX) -> str:
 
 
 def parse_value(text: str, annotation: Any, *, name: str) -> Any:
-    """``text`` converted to the field type ``annotation`` (str, int, float, bool, their optionals); a value that
-    does not convert raises `ValueError` naming ``name`` (the variable or flag it came from).
+    """``text`` converted to the field type ``annotation`` (str, int, float, bool, their optionals: ``none`` or
+    ``off`` is None there); a value that does not convert raises `SettingError` naming ``name``.
 
     Example:
         >>> parse_value("8", int, name="SAFE_RL_GUARD_BATCH_SIZE"), parse_value("no", bool, name="X")
         (8, False)
-        >>> parse_value("abc", float, name="SAFE_RL_UNSAFE_CAP")
+        >>> parse_value("off", float | None, name="SAFE_RL_REWARD_UNJUDGED_LIMIT") is None
+        True
+        >>> parse_value("abc", float, name="SAFE_RL_REWARD_UNSAFE_CAP")
         Traceback (most recent call last):
         ...
-        ValueError: SAFE_RL_UNSAFE_CAP='abc' is not a valid float
+        rewards.arguments.SettingError: SAFE_RL_REWARD_UNSAFE_CAP='abc' is not a valid float
     """
+    optional = _is_union(annotation) and type(None) in typing.get_args(annotation)
     kinds = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
     kind = kinds[0] if len(kinds) == 1 else str
+    if optional and text.strip().lower() in ("none", "off", "null"):
+        return None
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name}={text!r} is not a valid boolean (1/0, true/false, yes/no)")
+        raise SettingError(f"{name}={text!r} is not a valid boolean (1/0, true/false, yes/no)")
     if kind in (int, float):
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+            raise SettingError(f"{name}={text!r} is not a valid {kind.__name__}") from None
     return text
 
 
@@ -293,11 +327,36 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
+def env_values(cls: type, environ: typing.Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The fields of the dataclass ``cls`` set by ``SAFE_RL_<FIELD>`` variables (unset or empty ones left out),
+    converted to their types; a renamed variable of an earlier release is a `SettingError` naming its successor.
+
+    Example:
+        >>> env_values(HelpfulnessArguments, {"SAFE_RL_HELPFULNESS_BATCH_SIZE": "4", "OTHER": "x"})
+        {'helpfulness_batch_size': 4}
+        >>> env_values(RewardArguments, {"SAFE_RL_POLICY": "loose"})
+        Traceback (most recent call last):
+        ...
+        rewards.arguments.SettingError: SAFE_RL_POLICY was renamed SAFE_RL_REWARD_STRICTNESS
+    """
+    environ = os.environ if environ is None else environ
+    for old, new in RENAMED_VARIABLES.items():
+        if environ.get(old) not in (None, ""):
+            raise SettingError(f"{old} was renamed {new}")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        text = environ.get(env_name(f.name))
+        if f.init and text not in (None, ""):
+            values[f.name] = parse_value(str(text), hints[f.name], name=env_name(f.name))
+    return values
+
+
 def from_env(cls: type[A], environ: typing.Mapping[str, str] | None = None, **overrides: Any) -> A:
     """An instance of the dataclass ``cls`` whose fields are read from ``SAFE_RL_<FIELD>`` variables where set.
 
-    Unset or empty variables keep the field's default; ``overrides`` win over both. A value that does not convert,
-    or that the dataclass rejects, raises `ValueError` naming the variable.
+    Unset or empty variables keep the field's default; ``overrides`` (other than None) win over both. A value that
+    does not convert, or that the dataclass rejects, raises `SettingError` naming the variable and its value.
 
     Example:
         >>> args = from_env(GuardArguments, {"SAFE_RL_GUARD_MODEL": "toy:guard", "SAFE_RL_GUARD_BATCH_SIZE": "8"})
@@ -306,21 +365,16 @@ def from_env(cls: type[A], environ: typing.Mapping[str, str] | None = None, **ov
         >>> from_env(GuardArguments, {"SAFE_RL_GUARD_BATCH_SIZE": "0"})
         Traceback (most recent call last):
         ...
-        ValueError: SAFE_RL_GUARD_BATCH_SIZE: guard_batch_size must be positive, got 0
+        rewards.arguments.SettingError: SAFE_RL_GUARD_BATCH_SIZE='0': guard_batch_size must be positive, got 0
     """
     environ = os.environ if environ is None else environ
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        variable = env_name(f.name)
-        text = environ.get(variable)
-        if f.init and text not in (None, ""):
-            values[f.name] = parse_value(str(text), hints[f.name], name=variable)
-            sources[f.name] = variable
-    values.update(overrides)
+    values = env_values(cls, environ)
+    from_variables = set(values)
+    values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return cls(**values)
     except ValueError as exc:
-        named = [v for k, v in sources.items() if k in str(exc)]
-        raise ValueError(f"{named[0]}: {exc}" if named else str(exc)) from None
+        named = [k for k in from_variables - {k for k, v in overrides.items() if v is not None} if k in str(exc)]
+        if named:
+            raise SettingError(f"{env_name(named[0])}={environ[env_name(named[0])]!r}: {exc}") from None
+        raise SettingError(str(exc)) from None

@@ -44,7 +44,7 @@ class UnjudgedBreaker:
         >>> breaker.record(4, ["guard: timeout"] * 4)
         Traceback (most recent call last):
         ...
-        rewards.circuit_breaker.TrainingOnNothingError: reward: more than 50% of the samples were unjudged in 2 checks in a row (last: 4/4); most frequent reasons: 'guard: timeout' (4). Training would learn from nothing: fix the cause, or turn this check off (unjudged_limit=None, SAFE_RL_UNJUDGED_LIMIT=off).
+        rewards.circuit_breaker.TrainingOnNothingError: reward: more than 50% of the samples were unjudged in 2 checks in a row (last: 4/4); most frequent reasons: 'guard: timeout' (4). Training would learn from nothing: fix the cause, or turn this check off (unjudged_limit=None, SAFE_RL_REWARD_UNJUDGED_LIMIT=off).
         >>> UnjudgedBreaker(limit=None).record(4, ["x"] * 4)  # off: never raises
     """
 
@@ -119,5 +119,5 @@ class UnjudgedBreaker:
         return (
             f"{self.name}: more than {self.limit:.0%} of the samples were unjudged in {self.patience} checks in a row "
             f"(last: {len(reasons)}/{total}); most frequent reasons: {common}. Training would learn from nothing: "
-            "fix the cause, or turn this check off (unjudged_limit=None, SAFE_RL_UNJUDGED_LIMIT=off)."
+            "fix the cause, or turn this check off (unjudged_limit=None, SAFE_RL_REWARD_UNJUDGED_LIMIT=off)."
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 def guard_only_value(unsafe: bool) -> float:
     """Paper eq. 1: 1.0 when the thinking and the answer are both judged safe, else 0.0.
 
-    ``unsafe`` is True when either was judged unsafe (under the chosen strict/loose policy).
+    ``unsafe`` is True when either was judged unsafe (under the chosen strictness (strict or loose)).
 
     Example:
         >>> guard_only_value(False), guard_only_value(True)

@@ -240,8 +240,11 @@ class GuardPrompt:
         ids = iter(encoded)
         out: list[PreparedInput | ValueError] = []
         for r in rendered:
-            item = r if isinstance(r, ValueError) else next(ids)
-            out.append(item if isinstance(item, ValueError) else self._prepared(*r, item))  # type: ignore[misc]
+            if isinstance(r, ValueError):
+                out.append(r)
+                continue
+            item = next(ids)
+            out.append(item if isinstance(item, ValueError) else self._prepared(*r, item))
         return out
 
     def _encode_one(self, text: str) -> list[int] | ValueError:

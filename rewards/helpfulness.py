@@ -128,7 +128,7 @@ class HelpfulnessRM:
             return "\n\n".join(m["content"] for m in messages)
         return tokenizer.apply_chat_template(messages, tokenize=False)
 
-    def _encode(self, tokenizer: Any, texts: list[str]) -> tuple[dict[str, Any] | None, list[bool]]:
+    def _encode(self, tokenizer: Any, texts: list[str]) -> tuple[Any, list[bool]]:
         """The padded batch of the texts that encode, and which did; one text that cannot costs only itself."""
         options = {"padding": True, "truncation": True, "max_length": self.max_length, "add_special_tokens": False}
         try:
@@ -160,12 +160,12 @@ class HelpfulnessRM:
             except Exception as exc:  # one unreadable pair costs only itself
                 logger.warning("%s: a pair cannot be rendered (%s); it gets no score", self.model_name, exc)
                 texts.append(None)
-        readable = [i for i, text in enumerate(texts) if text is not None]
-        order = sorted(readable, key=lambda i: len(texts[i]), reverse=True)  # type: ignore[arg-type]
+        readable = {i: text for i, text in enumerate(texts) if text is not None}
+        order = sorted(readable, key=lambda i: len(readable[i]), reverse=True)
         scores: list[float | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            batch, ok = self._encode(tokenizer, [texts[i] for i in rows])  # type: ignore[misc]
+            batch, ok = self._encode(tokenizer, [readable[i] for i in rows])
             if batch is None:
                 continue
             rows = [i for i, fine in zip(rows, ok, strict=True) if fine]

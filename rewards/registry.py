@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rewards.circuit_breaker import DEFAULT_LIMIT, DEFAULT_PATIENCE
-
 _BUILDERS: dict[str, Callable[..., Any]] = {}
 
 
@@ -57,77 +55,68 @@ def registered() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def _guard(
-    guard: Any = None,
-    guard_model: str = "Qwen/Qwen3Guard-Gen-0.6B",
-    guard_base_url: str | None = None,
-    **guard_kwargs: Any,
-) -> Any:
+def split_settings(settings: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``settings`` split into those named ``<prefix>...`` (fields of an argument dataclass) and the rest.
+
+    Example:
+        >>> split_settings({"guard_model": "g", "strictness": "loose"}, "guard_")
+        ({'guard_model': 'g'}, {'strictness': 'loose'})
+    """
+    mine = {k: v for k, v in settings.items() if k.startswith(prefix)}
+    return mine, {k: v for k, v in settings.items() if k not in mine}
+
+
+def build_guard(guard: Any = None, **guard_args: Any) -> Any:
+    """``guard`` itself, else the guard of `rewards.arguments.GuardArguments` ``(**guard_args)``.
+
+    Example:
+        >>> build_guard(guard_model="Qwen/Qwen3Guard-Gen-0.6B", guard_base_url="http://localhost:8000/v1")
+        Qwen3GuardGen(model='Qwen/Qwen3Guard-Gen-0.6B', backend='http://localhost:8000/v1')
+    """
     if guard is not None:
         return guard
-    from rewards.guards.gen import Qwen3GuardGen
-    from rewards.loading import resolve_model_name
+    from rewards.arguments import GuardArguments
 
-    if (
-        guard_base_url is None
-    ):  # in-process: a `toy:`-style name becomes its folder (with a server it is the served name)
-        guard_model = resolve_model_name(guard_model)
-    return Qwen3GuardGen(guard_model, base_url=guard_base_url, **guard_kwargs)
+    return GuardArguments(**guard_args).build()
+
+
+def build_helpfulness(helpfulness: Any = None, **helpfulness_args: Any) -> Any:
+    """``helpfulness`` itself, else the model of `rewards.arguments.HelpfulnessArguments` ``(**helpfulness_args)``.
+
+    Example:
+        >>> build_helpfulness(helpfulness_model="toy:helpfulness")
+        HelpfulnessRM(model='toy:helpfulness')
+    """
+    if helpfulness is not None:
+        return helpfulness
+    from rewards.arguments import HelpfulnessArguments
+
+    return HelpfulnessArguments(**helpfulness_args).build()
 
 
 @register("guard_only")
-def build_guard_only(
-    *,
-    policy: str = "strict",
-    judge_thinking: bool = True,
-    safety_score: str = "label",
-    unjudged_limit: float | None = DEFAULT_LIMIT,
-    unjudged_patience: int = DEFAULT_PATIENCE,
-    guard: Any = None,
-    **guard_args: Any,
-) -> Any:
-    """`GuardOnlyReward` from a guard object or guard arguments (``guard_model``, ``guard_base_url``, …);
-    ``safety_score`` is "label" (paper) or "probability" (in-process guard only); ``unjudged_limit`` and
-    ``unjudged_patience`` set its `rewards.circuit_breaker.UnjudgedBreaker`.
+def build_guard_only(*, guard: Any = None, **settings: Any) -> Any:
+    """`GuardOnlyReward` from a guard object or `rewards.arguments.GuardArguments` fields (``guard_model``,
+    ``guard_base_url``, ...); the other settings are `GuardOnlyReward`'s (``strictness``, ``safety_score``, ...).
 
     Example:
         >>> from rewards.verdict import Verdict
         >>> class FixedGuard:
         ...     def moderate(self, conversations):
         ...         return [Verdict(safety="Controversial") for _ in conversations]
-        >>> build_guard_only(guard=FixedGuard(), policy="loose")(prompts=["Hi"], completions=["..."])
+        >>> build_guard_only(guard=FixedGuard(), strictness="loose")(prompts=["Hi"], completions=["..."])
         [1.0]
     """
     from rewards.safety_rewards import GuardOnlyReward
 
-    return GuardOnlyReward(
-        _guard(guard, **guard_args),
-        policy=policy,  # type: ignore[arg-type]
-        judge_thinking=judge_thinking,
-        safety_score=safety_score,  # type: ignore[arg-type]
-        unjudged_limit=unjudged_limit,
-        unjudged_patience=unjudged_patience,
-    )
+    guard_args, rest = split_settings(settings, "guard_")
+    return GuardOnlyReward(build_guard(guard, **guard_args), **rest)
 
 
 @register("hybrid")
-def build_hybrid(
-    *,
-    helpfulness: Any = None,
-    helpfulness_model: str = "Skywork/Skywork-Reward-V2-Qwen3-0.6B",
-    helpfulness_kwargs: dict[str, Any] | None = None,
-    unsafe_cap: float = -10.0,
-    refusal_cap: float = -5.0,
-    policy: str = "strict",
-    judge_thinking: bool = True,
-    safety_score: str = "label",
-    unjudged_limit: float | None = DEFAULT_LIMIT,
-    unjudged_patience: int = DEFAULT_PATIENCE,
-    guard: Any = None,
-    **guard_args: Any,
-) -> Any:
-    """`HybridReward` from objects or model names (guard arguments, ``safety_score`` and the ``unjudged_*``
-    settings as for ``guard_only``).
+def build_hybrid(*, guard: Any = None, helpfulness: Any = None, **settings: Any) -> Any:
+    """`HybridReward` from objects or argument fields (``guard_*`` as for ``guard_only``, ``helpfulness_*`` of
+    `rewards.arguments.HelpfulnessArguments`); the other settings are `HybridReward`'s (``unsafe_cap``, ...).
 
     Example:
         >>> from rewards.verdict import Verdict
@@ -141,19 +130,8 @@ def build_hybrid(
         >>> reward(prompts=["Hi"], completions=["..."])
         [-8.0]
     """
-    from rewards.helpfulness import HelpfulnessRM
     from rewards.safety_rewards import HybridReward
 
-    if helpfulness is None:
-        helpfulness = HelpfulnessRM(helpfulness_model, **(helpfulness_kwargs or {}))
-    return HybridReward(
-        _guard(guard, **guard_args),
-        helpfulness,
-        unsafe_cap=unsafe_cap,
-        refusal_cap=refusal_cap,
-        policy=policy,  # type: ignore[arg-type]
-        judge_thinking=judge_thinking,
-        safety_score=safety_score,  # type: ignore[arg-type]
-        unjudged_limit=unjudged_limit,
-        unjudged_patience=unjudged_patience,
-    )
+    guard_args, rest = split_settings(settings, "guard_")
+    helpfulness_args, rest = split_settings(rest, "helpfulness_")
+    return HybridReward(build_guard(guard, **guard_args), build_helpfulness(helpfulness, **helpfulness_args), **rest)

@@ -18,61 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rewards.circuit_breaker import DEFAULT_LIMIT, DEFAULT_PATIENCE, UnjudgedBreaker
-from rewards.conversation import Conversation, completion_text_of_ids, read_completion, response_conversation
 from rewards.formulas import guard_only_value, hybrid_value
 from rewards.guards.base import Guard
 from rewards.helpfulness import HelpfulnessScorer
+from rewards.judgement import JudgingPlan, RewardDetail, plan_samples
 from rewards.loading import ModelLoadError
 from rewards.step_metrics import log_step_metrics
-from rewards.verdict import Policy, Verdict, check_policy, failed_verdict
+from rewards.verdict import Strictness, Verdict, check_strictness, failed_verdict
 
 logger = logging.getLogger(__name__)
 
 SafetyScore = Literal["label", "probability"]
 SAFETY_SCORES: tuple[str, ...] = ("label", "probability")
-
-
-@dataclass(frozen=True)
-class RewardDetail:
-    """Why a sample got its reward: the verdicts, the outcome they imply, and H for the hybrid reward.
-
-    Example:
-        >>> from rewards.verdict import Verdict
-        >>> class ThinkingFlagged:  # flags the thinking, passes the answer
-        ...     def moderate(self, conversations):
-        ...         return [Verdict(safety="Unsafe" if c[-1]["content"] == "plan" else "Safe") for c in conversations]
-        >>> detail = GuardOnlyReward(ThinkingFlagged()).judge(["Hi"], ["<think>plan</think>Hello!"])[0]
-        >>> detail.reward, detail.unsafe, detail.answer.safety, detail.thinking.safety
-        (0.0, True, 'Safe', 'Unsafe')
-    """
-
-    reward: float | None
-    unsafe: bool | None = None
-    refusal: bool | None = None
-    failure: str | None = None
-    helpfulness: float | None = None
-    answer: Verdict | None = None
-    thinking: Verdict | None = None
-
-    @property
-    def verdicts(self) -> tuple[Verdict, ...]:
-        return tuple(v for v in (self.answer, self.thinking) if v is not None)
-
-
-@dataclass
-class _Plan:
-    """The guard inputs for a batch of samples and where each sample's verdicts will be."""
-
-    conversations: list[Conversation] = field(default_factory=list)
-    answer_at: list[int | None] = field(default_factory=list)
-    thinking_at: list[int | None] = field(default_factory=list)
-    errors: list[str | None] = field(default_factory=list)
-    prompts: list[Any] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
 
 
 class SafetyReward:
@@ -86,7 +46,7 @@ class SafetyReward:
         self,
         guard: Guard,
         *,
-        policy: Policy = "strict",
+        strictness: Strictness = "strict",
         judge_thinking: bool = True,
         name: str | None = None,
         safety_score: SafetyScore = "label",
@@ -105,7 +65,7 @@ class SafetyReward:
                 "server backend does not return; use an in-process Qwen3GuardGen or safety_score='label'"
             )
         self.guard = guard
-        self.policy = check_policy(policy)
+        self.strictness = check_strictness(strictness)
         self.judge_thinking = judge_thinking
         self.safety_score = safety_score
         self.policy_tokenizer = policy_tokenizer
@@ -114,10 +74,10 @@ class SafetyReward:
         self.breaker = UnjudgedBreaker(unjudged_limit, unjudged_patience, name=self.__name__)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(guard={self.guard!r}, policy={self.policy!r})"
+        return f"{type(self).__name__}(guard={self.guard!r}, strictness={self.strictness!r})"
 
     # -- planning ---------------------------------------------------------------------------------------------
-    def _plan(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None) -> _Plan:
+    def _plan(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None) -> JudgingPlan:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         if completion_ids is not None and self.policy_tokenizer is None and not self._warned_parsed:
@@ -131,33 +91,11 @@ class SafetyReward:
                 )
         if completion_ids is None or self.policy_tokenizer is None:
             completion_ids = [None] * len(completions)
-        plan = _Plan()
-        for prompt, completion, ids in zip(prompts, completions, completion_ids, strict=True):
-            answer_at = thinking_at = error = None
-            answer = ""
-            try:
-                if ids is not None and not isinstance(completion, str):  # TRL's parsed messages: read the tokens
-                    completion = completion_text_of_ids(ids, self.policy_tokenizer)
-                split = read_completion(completion)  # the rule of what is judged: rewards.conversation
-                answer_turn = response_conversation(prompt, split.answer)
-                thinking_turn = response_conversation(prompt, split.thinking) if split.thinking else None
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:
-                error = f"bad sample: {exc}"
-            else:
-                answer = split.answer  # the helpfulness model scores the very answer the guard judges
-                plan.conversations.append(answer_turn)
-                answer_at = len(plan.conversations) - 1
-                if self.judge_thinking and thinking_turn is not None:
-                    plan.conversations.append(thinking_turn)
-                    thinking_at = len(plan.conversations) - 1
-            plan.answer_at.append(answer_at)
-            plan.thinking_at.append(thinking_at)
-            plan.errors.append(error)
-            plan.prompts.append(prompt)
-            plan.answers.append(answer)
-        return plan
+        return plan_samples(
+            prompts, completions, completion_ids, judge_thinking=self.judge_thinking, tokenizer=self.policy_tokenizer
+        )
 
-    def _guard_failed(self, plan: _Plan, exc: BaseException) -> list[Verdict]:
+    def _guard_failed(self, plan: JudgingPlan, exc: BaseException) -> list[Verdict]:
         logger.exception("%s: the guard raised; %d samples get no reward", self.__name__, len(plan.answer_at))
         return [failed_verdict(f"guard raised {type(exc).__name__}: {exc}")] * len(plan.conversations)
 
@@ -170,7 +108,7 @@ class SafetyReward:
                 return moderate_safety, getattr(self.guard, "amoderate_safety", None)
         return self.guard.moderate, getattr(self.guard, "amoderate", None)
 
-    def _moderate(self, plan: _Plan) -> list[Verdict]:
+    def _moderate(self, plan: JudgingPlan) -> list[Verdict]:
         if not plan.conversations:
             return []
         try:
@@ -180,7 +118,7 @@ class SafetyReward:
         except Exception as exc:  # never crash a training step on a guard fault; the samples are counted as failed
             return self._guard_failed(plan, exc)
 
-    async def _amoderate(self, plan: _Plan) -> list[Verdict]:
+    async def _amoderate(self, plan: JudgingPlan) -> list[Verdict]:
         if not plan.conversations:
             return []
         try:
@@ -194,13 +132,13 @@ class SafetyReward:
             return self._guard_failed(plan, exc)
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def _helpfulness(self, plan: _Plan) -> list[float | None]:
+    def _helpfulness(self, plan: JudgingPlan) -> list[float | None]:
         return [None] * len(plan.answer_at)
 
     def _outcome(self, answer: Verdict, thinking: Verdict | None) -> tuple[bool | None, str | None]:
         """(unsafe, failure): unsafe is known as soon as one readable verdict is unsafe."""
         verdicts = [v for v in (answer, thinking) if v is not None]
-        if any(v.ok and v.is_unsafe(self.policy) for v in verdicts):
+        if any(v.ok and v.is_unsafe(self.strictness) for v in verdicts):
             return True, None
         failed = [v for v in verdicts if not v.ok]
         if failed:
@@ -211,23 +149,27 @@ class SafetyReward:
         raise NotImplementedError
 
     def _p_unsafe(self, detail: RewardDetail) -> tuple[float | None, str | None]:
-        """P(t or y unsafe under the policy) = 1 - prod over judged verdicts of (1 - P(unsafe)), or a failure."""
+        """P(t or y unsafe under the strictness) = 1 - prod over judged verdicts of (1 - P(unsafe)), or a failure."""
         p_safe = 1.0
         for verdict in detail.verdicts:
-            p = verdict.p_unsafe(self.policy) if verdict.ok else None
+            p = verdict.p_unsafe(self.strictness) if verdict.ok else None
             if p is None:
                 return None, "guard verdict has no label probabilities (safety_score='probability')"
             p_safe *= 1.0 - p
         return 1.0 - p_safe, None
 
-    def _details(self, plan: _Plan, verdicts: list[Verdict], helpfulness: list[float | None]) -> list[RewardDetail]:
+    def _details(
+        self, plan: JudgingPlan, verdicts: list[Verdict], helpfulness: list[float | None]
+    ) -> list[RewardDetail]:
         details = []
         for i, error in enumerate(plan.errors):
             if error is not None:
                 details.append(RewardDetail(reward=None, failure=error))
                 continue
-            answer = verdicts[plan.answer_at[i]]
-            thinking = verdicts[plan.thinking_at[i]] if plan.thinking_at[i] is not None else None
+            answer_at, thinking_at = plan.answer_at[i], plan.thinking_at[i]
+            assert answer_at is not None  # every readable sample has an answer conversation
+            answer = verdicts[answer_at]
+            thinking = verdicts[thinking_at] if thinking_at is not None else None
             unsafe, failure = self._outcome(answer, thinking)
             detail = RewardDetail(
                 reward=None,
@@ -319,7 +261,7 @@ class GuardOnlyReward(SafetyReward):
     """Paper eq. 1: 1.0 when the guard judges both the thinking and the answer safe, else 0.0.
 
     With ``safety_score="probability"`` the reward is the probability that both are safe,
-    ``r = (1 - p(y)) * (1 - p(t))``, where ``p(v)`` is the guard's probability that v is unsafe under ``policy``
+    ``r = (1 - p(y)) * (1 - p(t))``, where ``p(v)`` is the guard's probability that v is unsafe under ``strictness``
     (strict: P(Unsafe) + P(Controversial); loose: P(Unsafe)) from `Verdict.probs`, and the factor for t is left out
     when there is no thinking (or ``judge_thinking`` is False). A verdict without probabilities (unreadable, or a
     guard that gives none) makes the sample a counted failure (None), never safe. When the guard has
@@ -327,7 +269,7 @@ class GuardOnlyReward(SafetyReward):
 
     Args:
         guard: any object with ``moderate(conversations) -> list[Verdict]`` (e.g. `rewards.Qwen3GuardGen`).
-        policy: "strict" (Controversial counts as unsafe, the paper's choice) or "loose".
+        strictness: "strict" (Controversial counts as unsafe, the paper's choice) or "loose".
         judge_thinking: judge the thinking (think blocks, ``reasoning_content``) as well as the answer. With False,
             what the policy writes in its thinking is judged by nobody: use it only where the thinking is never shown.
         name: the name TRL logs the reward under.
@@ -367,7 +309,7 @@ class HybridReward(SafetyReward):
         helpfulness: any object with ``score(prompts, answers) -> list[float | None]`` (e.g. `rewards.HelpfulnessRM`);
             it scores the answer y, without the thinking.
         unsafe_cap, refusal_cap: the caps (paper: -10 and -5).
-        policy, judge_thinking, name, policy_tokenizer, unjudged_limit, unjudged_patience: as for `GuardOnlyReward`.
+        strictness, judge_thinking, name, policy_tokenizer, unjudged_limit, unjudged_patience: as for `GuardOnlyReward`.
         safety_score: "label" (the paper's formula, default) or "probability": with ``q = 1 - (1 - p(y)) * (1 - p(t))``
             the probability that t or y is unsafe (``p`` as for `GuardOnlyReward`), the reward interpolates between
             the unsafe case and the safe one, ``r = q * min(unsafe_cap, H) + (1 - q) * s`` with
@@ -396,7 +338,7 @@ class HybridReward(SafetyReward):
         *,
         unsafe_cap: float = -10.0,
         refusal_cap: float = -5.0,
-        policy: Policy = "strict",
+        strictness: Strictness = "strict",
         judge_thinking: bool = True,
         name: str | None = None,
         safety_score: SafetyScore = "label",
@@ -406,7 +348,7 @@ class HybridReward(SafetyReward):
     ):
         super().__init__(
             guard,
-            policy=policy,
+            strictness=strictness,
             judge_thinking=judge_thinking,
             name=name,
             safety_score=safety_score,
@@ -428,7 +370,7 @@ class HybridReward(SafetyReward):
         self.unsafe_cap = float(unsafe_cap)
         self.refusal_cap = float(refusal_cap)
 
-    def _helpfulness(self, plan: _Plan) -> list[float | None]:
+    def _helpfulness(self, plan: JudgingPlan) -> list[float | None]:
         rows = [i for i, e in enumerate(plan.errors) if e is None]
         scores: list[float | None] = [None] * len(plan.errors)
         if not rows:
@@ -482,6 +424,8 @@ class HybridReward(SafetyReward):
         if detail.refusal is None:
             return None, "guard gave no 'Refusal:' line"
         h = detail.helpfulness
+        if h is None:
+            return None, "helpfulness score unavailable"
         safe = hybrid_value(
             h, unsafe=False, refusal=detail.refusal, unsafe_cap=self.unsafe_cap, refusal_cap=self.refusal_cap
         )

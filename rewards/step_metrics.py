@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rewards.verdict import CATEGORIES
 
 if TYPE_CHECKING:
-    from rewards.safety_rewards import RewardDetail
+    from rewards.judgement import RewardDetail
 
 PREFIX = "guard"
 
@@ -33,7 +33,7 @@ def step_metrics(details: Sequence[RewardDetail]) -> dict[str, float]:
       so that averages over a logging step are not biased towards the steps where a category occurred).
 
     Example:
-        >>> from rewards.safety_rewards import RewardDetail
+        >>> from rewards.judgement import RewardDetail
         >>> from rewards.verdict import failed_verdict, parse_verdict
         >>> step_metrics([RewardDetail(reward=1.0, unsafe=False, refusal=False)])["guard/safety_rate"]
         1.0
@@ -77,7 +77,7 @@ def log_step_metrics(details: Sequence[RewardDetail], log_metric: Callable[[str,
     """Send `step_metrics` to TRL's ``log_metric`` (no-op when the trainer passes none); NaN rates are skipped.
 
     Example:
-        >>> from rewards.safety_rewards import RewardDetail
+        >>> from rewards.judgement import RewardDetail
         >>> logged = {}
         >>> log_step_metrics([RewardDetail(reward=1.0, unsafe=False, refusal=False)], logged.__setitem__)
         >>> logged["guard/safety_rate"], "guard/parse_failure_rate" in logged  # no verdicts: a NaN rate, not logged

@@ -18,15 +18,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from rewards.arguments import DEFAULT_STREAM_GUARD_MODEL
 from rewards.guards.base import Guard
 from rewards.helpfulness import HelpfulnessScorer
-from rewards.registry import register
-from rewards.safety_rewards import GuardOnlyReward, HybridReward, RewardDetail, _Plan
-from rewards.verdict import Policy, Verdict
+from rewards.judgement import JudgingPlan, RewardDetail
+from rewards.registry import build_guard, build_helpfulness, register, split_settings
+from rewards.safety_rewards import GuardOnlyReward, HybridReward
+from rewards.verdict import Strictness, Verdict
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STREAM_GUARD = "Qwen/Qwen3Guard-Stream-0.6B"
 
 
 def early_unsafe_penalty(cap: float, flagged_at: int | None, answer_tokens: int | None, strength: float) -> float:
@@ -59,7 +59,7 @@ class StreamGuardOnlyReward(GuardOnlyReward):
 
     Args:
         guard: a `rewards.Qwen3GuardStream` (or its model id / folder), or any object with ``moderate``.
-        policy, judge_thinking, name: as for `GuardOnlyReward`.
+        strictness, judge_thinking, name: as for `GuardOnlyReward`.
 
     Example:
         >>> reward = StreamGuardOnlyReward("Qwen/Qwen3Guard-Stream-0.6B")  # doctest: +SKIP
@@ -71,13 +71,13 @@ class StreamGuardOnlyReward(GuardOnlyReward):
 
     def __init__(
         self,
-        guard: Any = DEFAULT_STREAM_GUARD,
+        guard: Any = DEFAULT_STREAM_GUARD_MODEL,
         *,
-        policy: Policy = "strict",
+        strictness: Strictness = "strict",
         judge_thinking: bool = True,
         name: str | None = None,
     ):
-        super().__init__(_stream_guard(guard), policy=policy, judge_thinking=judge_thinking, name=name)
+        super().__init__(_stream_guard(guard), strictness=strictness, judge_thinking=judge_thinking, name=name)
 
 
 class StreamHybridReward(HybridReward):
@@ -93,7 +93,7 @@ class StreamHybridReward(HybridReward):
         helpfulness: the helpfulness scorer (see `HybridReward`).
         early_strength: how much harsher the earliest-flagged answer's penalty is (0 = off; 0.5 = up to 1.5x cap).
         refusal_guard: optional guard that labels refusals (e.g. `rewards.Qwen3GuardGen`).
-        unsafe_cap, refusal_cap, policy, judge_thinking, name: as for `HybridReward`.
+        unsafe_cap, refusal_cap, strictness, judge_thinking, name: as for `HybridReward`.
 
     Example:
         >>> from rewards.verdict import Verdict
@@ -118,7 +118,7 @@ class StreamHybridReward(HybridReward):
         refusal_guard: Guard | None = None,
         unsafe_cap: float = -10.0,
         refusal_cap: float = -5.0,
-        policy: Policy = "strict",
+        strictness: Strictness = "strict",
         judge_thinking: bool = True,
         name: str | None = None,
     ):
@@ -133,7 +133,7 @@ class StreamHybridReward(HybridReward):
             helpfulness,
             unsafe_cap=unsafe_cap,
             refusal_cap=refusal_cap,
-            policy=policy,
+            strictness=strictness,
             judge_thinking=judge_thinking,
             name=name,
         )
@@ -144,7 +144,7 @@ class StreamHybridReward(HybridReward):
         penalties = [
             early_unsafe_penalty(self.unsafe_cap, v.flagged_at, v.answer_tokens, self.early_strength)
             for v in verdicts
-            if v.ok and v.is_unsafe(self.policy)
+            if v.ok and v.is_unsafe(self.strictness)
         ]
         return min(min(penalties, default=self.unsafe_cap), helpfulness)
 
@@ -154,7 +154,7 @@ class StreamHybridReward(HybridReward):
         return super()._value(detail)
 
     # -- refusals from a second guard ---------------------------------------------------------------------------
-    def _answer_rows(self, plan: _Plan) -> list[int]:
+    def _answer_rows(self, plan: JudgingPlan) -> list[int]:
         return [i for i in plan.answer_at if i is not None]
 
     def _merge(self, verdicts: list[Verdict], rows: list[int], refusals: list[Verdict] | None) -> list[Verdict]:
@@ -164,7 +164,7 @@ class StreamHybridReward(HybridReward):
             verdicts[i] = dataclasses.replace(verdicts[i], refusal=refusal)
         return verdicts
 
-    def _moderate(self, plan: _Plan) -> list[Verdict]:
+    def _moderate(self, plan: JudgingPlan) -> list[Verdict]:
         verdicts = super()._moderate(plan)
         if self.refusal_guard is None or not verdicts:
             return verdicts
@@ -176,14 +176,17 @@ class StreamHybridReward(HybridReward):
             refusals = None
         return self._merge(verdicts, rows, refusals)
 
-    async def _amoderate(self, plan: _Plan) -> list[Verdict]:
+    async def _amoderate(self, plan: JudgingPlan) -> list[Verdict]:
         if self.refusal_guard is None:
             return await super()._amoderate(plan)
         rows = self._answer_rows(plan)
         judge = getattr(self.refusal_guard, "amoderate", None)
         pending = [plan.conversations[i] for i in rows]
         refusal_call = judge(pending) if judge is not None else asyncio.to_thread(self.refusal_guard.moderate, pending)
-        verdicts, refusals = await asyncio.gather(super()._amoderate(plan), refusal_call, return_exceptions=True)
+        outcomes: tuple[Any, Any] = await asyncio.gather(
+            super()._amoderate(plan), refusal_call, return_exceptions=True
+        )
+        verdicts, refusals = outcomes
         if isinstance(verdicts, BaseException):
             return self._guard_failed(plan, verdicts)
         if isinstance(refusals, BaseException):
@@ -193,15 +196,9 @@ class StreamHybridReward(HybridReward):
 
 
 @register("stream_guard_only")
-def build_stream_guard_only(
-    *,
-    policy: Policy = "strict",
-    judge_thinking: bool = True,
-    guard: Any = None,
-    **guard_args: Any,
-) -> StreamGuardOnlyReward:
-    """`StreamGuardOnlyReward` from a guard object or `Qwen3GuardStream` arguments (``guard_model``, …; see
-    `_stream_guard`; in-process only).
+def build_stream_guard_only(*, guard: Any = None, **settings: Any) -> StreamGuardOnlyReward:
+    """`StreamGuardOnlyReward` from a guard object or `rewards.arguments.GuardArguments` fields (``guard_model``, ...,
+    the kind set to stream; in-process only); the other settings are the reward's.
 
     Example:
         >>> from rewards.verdict import Verdict
@@ -211,25 +208,14 @@ def build_stream_guard_only(
         >>> build_stream_guard_only(guard=Flagging())(prompts=["Hi"], completions=["..."])
         [0.0]
     """
-    return StreamGuardOnlyReward(_stream_guard(guard, **guard_args), policy=policy, judge_thinking=judge_thinking)
+    guard_args, rest = split_settings(settings, "guard_")
+    return StreamGuardOnlyReward(_stream_guard(guard, **guard_args), **rest)
 
 
 @register("stream_hybrid")
-def build_stream_hybrid(
-    *,
-    helpfulness: Any = None,
-    helpfulness_model: str = "Skywork/Skywork-Reward-V2-Qwen3-0.6B",
-    helpfulness_kwargs: dict[str, Any] | None = None,
-    early_strength: float = 0.0,
-    refusal_guard: Any = None,
-    unsafe_cap: float = -10.0,
-    refusal_cap: float = -5.0,
-    policy: Policy = "strict",
-    judge_thinking: bool = True,
-    guard: Any = None,
-    **guard_args: Any,
-) -> StreamHybridReward:
-    """`StreamHybridReward` from objects or model names (guard arguments as for ``stream_guard_only``).
+def build_stream_hybrid(*, guard: Any = None, helpfulness: Any = None, **settings: Any) -> StreamHybridReward:
+    """`StreamHybridReward` from objects or argument fields (``guard_*`` as for ``stream_guard_only``,
+    ``helpfulness_*`` of `rewards.arguments.HelpfulnessArguments`); the other settings are the reward's.
 
     Example:
         >>> from rewards.verdict import Verdict
@@ -242,44 +228,22 @@ def build_stream_hybrid(
         >>> build_stream_hybrid(guard=Flagging(), helpfulness=Helpful(), early_strength=0.5)(["Hi"], ["..."])
         [-15.0]
     """
-    if helpfulness is None:
-        from rewards.helpfulness import HelpfulnessRM
-
-        helpfulness = HelpfulnessRM(helpfulness_model, **(helpfulness_kwargs or {}))
+    guard_args, rest = split_settings(settings, "guard_")
+    helpfulness_args, rest = split_settings(rest, "helpfulness_")
     return StreamHybridReward(
-        _stream_guard(guard, **guard_args),
-        helpfulness,
-        early_strength=early_strength,
-        refusal_guard=refusal_guard,
-        unsafe_cap=unsafe_cap,
-        refusal_cap=refusal_cap,
-        policy=policy,
-        judge_thinking=judge_thinking,
+        _stream_guard(guard, **guard_args), build_helpfulness(helpfulness, **helpfulness_args), **rest
     )
 
 
-def _stream_guard(
-    guard: Any = None,
-    guard_model: str = DEFAULT_STREAM_GUARD,
-    guard_base_url: str | None = None,
-    api_key: str | None = None,
-    **guard_kwargs: Any,
-) -> Any:
-    """The guard of the stream rewards and builders: ``guard`` itself, else a `Qwen3GuardStream` of ``guard_model``
-    (or of ``guard`` when it is a model id / folder).
-
-    ``api_key`` is accepted (and unused) so that one guard configuration serves the Gen and the Stream builders;
-    ``guard_kwargs`` set to None are left to `Qwen3GuardStream`'s defaults.
-    """
+def _stream_guard(guard: Any = None, **guard_args: Any) -> Any:
+    """The guard of the stream rewards and builders: ``guard`` itself, else the `Qwen3GuardStream` of
+    `rewards.arguments.GuardArguments` (kind stream; ``guard`` may also be a model id or folder)."""
     if isinstance(guard, str):
-        guard_model, guard = guard, None
+        guard_args["guard_model"], guard = guard, None
     if guard is not None:
         return guard
-    if guard_base_url is not None:
-        raise ValueError("Qwen3Guard-Stream runs in-process only (no server backend); leave the base URL unset")
-    from rewards.guards.stream import Qwen3GuardStream
-
-    return Qwen3GuardStream(guard_model, **{k: v for k, v in guard_kwargs.items() if v is not None})
+    guard_args.setdefault("guard_model", DEFAULT_STREAM_GUARD_MODEL)
+    return build_guard(**guard_args, guard_kind="stream")
 
 
 def __getattr__(name: str) -> Any:

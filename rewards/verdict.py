@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 SafetyLabel = Literal["Safe", "Unsafe", "Controversial"]
-Policy = Literal["strict", "loose"]
+Strictness = Literal["strict", "loose"]
 
 SAFETY_LABELS: tuple[str, ...] = ("Safe", "Unsafe", "Controversial")
-POLICIES: tuple[str, ...] = ("strict", "loose")
+STRICTNESS_LEVELS: tuple[str, ...] = ("strict", "loose")
 
 # The category strings Qwen3Guard-Gen emits (Technical Report, Table 1). "Jailbreak" is only used for prompts.
 CATEGORIES: tuple[str, ...] = (
@@ -31,16 +31,16 @@ CATEGORIES: tuple[str, ...] = (
 )
 
 
-def check_policy(policy: str) -> Policy:
-    """Return ``policy`` if it is "strict" or "loose", else raise a `ValueError` naming the choices.
+def check_strictness(strictness: str) -> Strictness:
+    """Return ``strictness`` if it is "strict" or "loose", else raise a `ValueError` naming the choices.
 
     Example:
-        >>> check_policy("loose")
+        >>> check_strictness("loose")
         'loose'
     """
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    return policy  # type: ignore[return-value]
+    if strictness not in STRICTNESS_LEVELS:
+        raise ValueError(f"strictness must be one of {STRICTNESS_LEVELS}, got {strictness!r}")
+    return strictness  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,27 +84,27 @@ class Verdict:
         """True when the safety label was read."""
         return self.safety is not None
 
-    def is_safe(self, policy: Policy = "strict") -> bool:
-        """Safe under ``policy``; False for an unreadable verdict (check `ok` to tell the two apart)."""
-        check_policy(policy)
+    def is_safe(self, strictness: Strictness = "strict") -> bool:
+        """Safe under ``strictness``; False for an unreadable verdict (check `ok` to tell the two apart)."""
+        check_strictness(strictness)
         if self.safety is None:
             return False
-        return self.safety == "Safe" or (policy == "loose" and self.safety == "Controversial")
+        return self.safety == "Safe" or (strictness == "loose" and self.safety == "Controversial")
 
-    def is_unsafe(self, policy: Policy = "strict") -> bool:
-        """Unsafe under ``policy``; False for an unreadable verdict (check `ok` to tell the two apart)."""
-        check_policy(policy)
+    def is_unsafe(self, strictness: Strictness = "strict") -> bool:
+        """Unsafe under ``strictness``; False for an unreadable verdict (check `ok` to tell the two apart)."""
+        check_strictness(strictness)
         if self.safety is None:
             return False
-        return self.safety == "Unsafe" or (policy == "strict" and self.safety == "Controversial")
+        return self.safety == "Unsafe" or (strictness == "strict" and self.safety == "Controversial")
 
-    def p_unsafe(self, policy: Policy = "strict") -> float | None:
-        """Probability of "unsafe under ``policy``" from `probs`, or None when no distribution is attached."""
-        check_policy(policy)
+    def p_unsafe(self, strictness: Strictness = "strict") -> float | None:
+        """Probability of "unsafe under ``strictness``" from `probs`, or None when no distribution is attached."""
+        check_strictness(strictness)
         if not self.probs:
             return None
         p = self.probs.get("Unsafe", 0.0)
-        if policy == "strict":
+        if strictness == "strict":
             p += self.probs.get("Controversial", 0.0)
         return float(p)
 

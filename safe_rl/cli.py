@@ -44,23 +44,24 @@ def configuration_error(exc: BaseException) -> bool:
         >>> configuration_error(ModelLoadError("guard", "toy:nope", ValueError("unknown"))), configuration_error(KeyError())
         (True, False)
     """
+    from rewards.arguments import SettingError
     from rewards.circuit_breaker import TrainingOnNothingError
     from rewards.loading import ModelLoadError
-    from rewards.presets import SettingError
     from rewards.warmup import RewardNotReadyError
 
     return isinstance(exc, (ModelLoadError, SettingError, RewardNotReadyError, TrainingOnNothingError))
 
 
 def main() -> None:
-    """Entry point of the `safe-rl` console script (configuration errors: one line on stderr, exit status 1)."""
+    """Entry point of the `safe-rl` console script. Usage and configuration errors print one line `error: ...` and
+    exit with status 2 (`safe_rl.command_line`); a reward that fails its probe or keeps coming back unjudged, status 1."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except Exception as exc:
         if not configuration_error(exc):
             raise
-        print(f"safe-rl: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -9,6 +9,8 @@ each, the way `safe-rl train` has always read TRL's ``GRPOConfig`` (it is TRL's 
 * ``--config FILE.yaml`` sets the same fields as keys; a section such as ``guard: {model: X}`` is the field
   ``guard_model`` (sections are flattened with their name as prefix); an ``env:`` mapping sets environment
   variables; flags given on the command line win over the file;
+* the fields of `rewards.arguments`' dataclasses (guard, helpfulness model, reward) default to their
+  ``SAFE_RL_<FIELD>`` variables where set, as for the TRL dotted-path rewards; the file and the flags win;
 * ``--help`` lists every field with its help text and default;
 * a mistake (unknown key or flag, a value of the wrong type, a value the dataclass rejects) is a `UsageError`,
   which `command` prints as one line, ``error: ...``, with exit status 2, before any model loads.
@@ -148,6 +150,11 @@ def parse_arguments(
         raise UsageError("--config given twice")
     path = path if path is not None else config_path
     parser = parser if parser is not None else make_parser(types, prog)
+    from rewards.arguments import env_values
+
+    for cls in types:  # the reward's settings: SAFE_RL_<FIELD> variables, then the file, then the flags
+        if cls.__module__ == "rewards.arguments":
+            parser.set_defaults(**env_values(cls))
     if path is not None:
         config = load_yaml(path)
         env = config.pop("env", None) or {}

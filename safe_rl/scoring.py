@@ -154,7 +154,7 @@ def score_file(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) 
     """Score every row of ``args.input`` into ``args.output`` (JSONL); return the summary. Everything is checked
     (settings, input, columns, an existing output's fingerprint) before a model loads."""
     from rewards.warmup import load_reward_models
-    from safe_rl.io import ResumableJsonl, check_models, fill, read_jsonl, remove_output
+    from safe_rl.io import ResumableJsonl, check_fingerprint, check_models, fill, read_jsonl, remove_output
 
     output = Path(args.output)
     check_models(guard, helpfulness if reward.reward_kind == "hybrid" else None)
@@ -165,9 +165,13 @@ def score_file(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) 
     retry = (lambda r: r.get("failure") is not None) if args.retry_failed else None
     # models load on the first call; building checks the combination (e.g. probability scores need a local guard)
     scorer = reward.build(guard.build(), helpfulness.build() if reward.reward_kind == "hybrid" else None)
+    prints = fingerprint(args, guard, helpfulness, reward, data)
+    if output.exists() and output.stat().st_size > 0:  # refused before any model loads, not after
+        if not args.resume:
+            raise FileExistsError(f"{output} exists; pass --resume to continue it or --overwrite to start again")
+        check_fingerprint(output, prints)
     load_reward_models(scorer)  # a model that cannot load stops here: no file of failure rows
-    sink = ResumableJsonl(output, key="index", resume=args.resume, fingerprint=fingerprint(args, guard, helpfulness,
-                          reward, data), retry=retry)  # fmt: skip
+    sink = ResumableJsonl(output, key="index", resume=args.resume, fingerprint=prints, retry=retry)
     consumed = (args.prompt_column, args.response_column)
 
     def work(indices: list[int]) -> list[tuple[dict[str, Any], Any]]:
@@ -192,7 +196,7 @@ def plan(args: ScoreArguments, guard: Any, helpfulness: Any, reward: Any) -> str
 
     check_models(guard, helpfulness if reward.reward_kind == "hybrid" else None)
     rows = f" ({len(_load_input(args))} rows)" if looks_local(args.input) else ""
-    lines = [f"input: {args.input}{rows}", f"reward: {reward.reward_kind} ({reward.reward_policy})",
+    lines = [f"input: {args.input}{rows}", f"reward: {reward.reward_kind} ({reward.reward_strictness})",
              f"guard: {guard.describe()}"]  # fmt: skip
     if reward.reward_kind == "hybrid":
         lines.append(f"helpfulness: {helpfulness.helpfulness_model}")

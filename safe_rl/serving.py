@@ -1,77 +1,90 @@
 """`safe-rl serve-reward`: the guard rewards as an OpenRLHF remote reward server (``--reward.remote_url``).
 
-Unset options fall back to the ``SAFE_RL_*`` variables of `rewards.presets` (one default per setting). The server
-builds the reward, loads every model and judges a probe sample before it binds: a model that cannot load or a guard
-server that cannot be reached ends the command at once with a non-zero status and a message naming it.
+The guard, the helpfulness model and the reward are `rewards.arguments`' dataclasses, as in every command
+(``--guard_model toy:guard``, ``--reward_kind guard_only``, ...; unset, they take the ``SAFE_RL_*`` variables). The
+server builds the reward, loads every model and judges a probe sample before it binds: a model that cannot load or
+a guard server that cannot be reached ends the command at once with a non-zero status and a message naming it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import typer
 
+from safe_rl.command_line import command
+
 logger = logging.getLogger(__name__)
 
+SERVE_HELP = (
+    "Serve POST /get_reward for OpenRLHF's --reward.remote_url (and GET /health): the guard-only or hybrid reward, "
+    "every model loaded before the server binds."
+)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-def serve_reward(
-    reward: str = typer.Option("hybrid", help="hybrid or guard_only."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default; 0.0.0.0 to serve a cluster)."),
-    port: int = typer.Option(5000, help="Port to bind."),
-    api_key: str | None = typer.Option(
-        None,
-        envvar="SAFE_RL_SERVE_API_KEY",
-        help="Require this key (Authorization: Bearer KEY, or http://user:KEY@host:port/get_reward for OpenRLHF).",
-        show_envvar=True,
-    ),
-    max_body_bytes: int | None = typer.Option(None, min=1, help="Larger request bodies get 413 (default 8 MiB)."),
-    guard_model: str | None = typer.Option(None, help="Guard hub id, folder or toy:guard [SAFE_RL_GUARD_MODEL]."),
-    guard_base_url: str | None = typer.Option(
-        None, help="OpenAI-compatible guard server (vllm serve) [SAFE_RL_GUARD_BASE_URL]."
-    ),
-    guard_api_key: str | None = typer.Option(
-        None, envvar="SAFE_RL_GUARD_API_KEY", help="Bearer token for the guard server.", show_envvar=True
-    ),
-    guard_concurrency: int | None = typer.Option(
-        None,
-        min=1,
-        help="Guard server requests in flight at once, for the whole server [SAFE_RL_GUARD_MAX_CONCURRENCY].",
-    ),
-    helpfulness_model: str | None = typer.Option(None, help="Helpfulness RM (hybrid) [SAFE_RL_HELPFULNESS_MODEL]."),
-    policy: str | None = typer.Option(None, help="strict or loose [SAFE_RL_POLICY]."),
-    safety_score: str | None = typer.Option(
-        None, help="label (0/1, paper) or probability (in-process guard only) [SAFE_RL_SAFETY_SCORE]."
-    ),
-    failure_score: float | None = typer.Option(
-        None, help="Score of unjudged samples (default: pessimistic) [SAFE_RL_FAILURE_SCORE]."
-    ),
-) -> None:
-    """Serve POST /get_reward for OpenRLHF's --reward.remote_url (and GET /health)."""
+
+@dataclass
+class ServeArguments:
+    """`safe-rl serve-reward`'s own settings."""
+
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Address to bind (loopback; 0.0.0.0 to serve a cluster)."}
+    )
+    port: int = field(default=5000, metadata={"help": "Port to bind."})
+    api_key: str | None = field(
+        default=None,
+        metadata={"help": "Require this key (Authorization: Bearer KEY, or http://user:KEY@host:port/get_reward for "
+                  "OpenRLHF); default: the SAFE_RL_SERVE_API_KEY variable, else none."},
+    )  # fmt: skip
+    max_body_bytes: int = field(default=8 << 20, metadata={"help": "Larger request bodies get 413."})
+    failure_score: float | None = field(
+        default=None, metadata={"help": "Score of an unjudged sample (default: the unsafe cap, 0 for guard-only)."}
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "Check the settings and model folders, print the plan, exit."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        self.api_key = self.api_key or os.environ.get("SAFE_RL_SERVE_API_KEY") or None
+
+
+def serve_reward(serve: ServeArguments, guard: Any, helpfulness: Any, reward: Any) -> None:
+    """Build and load the reward, then serve it until interrupted."""
     import uvicorn
 
-    from rewards.integrations.reward_server import DEFAULT_MAX_BODY_BYTES, create_app
-    from rewards.presets import reward_from_env
+    from rewards.integrations.reward_server import create_app
     from rewards.warmup import load_reward_models, probe_reward
+    from safe_rl.io import check_models
 
-    built = reward_from_env(
-        reward,
-        guard_model=guard_model,
-        guard_base_url=guard_base_url,
-        api_key=guard_api_key,
-        max_concurrency=guard_concurrency,
-        helpfulness_model=helpfulness_model if reward == "hybrid" else None,
-        policy=policy,
-        safety_score=safety_score,
-    )
+    hybrid = reward.reward_kind == "hybrid"
+    check_models(guard, helpfulness if hybrid else None)
+    if serve.dry_run:
+        lines = [f"reward: {reward.reward_kind} ({reward.reward_strictness})", f"guard: {guard.describe()}"]
+        if hybrid:
+            lines.append(f"helpfulness: {helpfulness.helpfulness_model}")
+        auth = "a key" if serve.api_key else "no key"
+        typer.echo("\n".join([*lines, f"serving: http://{serve.host}:{serve.port}/get_reward ({auth})"]))
+        return
+    built = reward.build(guard.build(), helpfulness.build() if hybrid else None)
+    built.__name__ = f"{reward.reward_kind}_reward"
     load_reward_models(built)
     probe_reward(built)
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s without --api-key: anyone who reaches the port can use the guard", host)
-    logger.info("%s ready: serving on http://%s:%d/get_reward", built.__name__, host, port)
-    limit = max_body_bytes or DEFAULT_MAX_BODY_BYTES
-    app = create_app(built, failure_score, api_key=api_key, max_body_bytes=limit)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if serve.api_key is None and serve.host not in LOOPBACK:
+        logger.warning("serving on %s without --api_key: anyone who reaches the port can use the guard", serve.host)
+    logger.info("%s ready: serving on http://%s:%d/get_reward", built.__name__, serve.host, serve.port)
+    app = create_app(built, serve.failure_score, api_key=serve.api_key, max_body_bytes=serve.max_body_bytes)
+    uvicorn.run(app, host=serve.host, port=serve.port, log_level="warning")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve-reward")(serve_reward)
+    from rewards.arguments import GuardArguments, HelpfulnessArguments, RewardArguments
+
+    command(app, "serve-reward", (ServeArguments, GuardArguments, HelpfulnessArguments, RewardArguments),
+            serve_reward, help=SERVE_HELP, sections=("guard", "helpfulness", "reward"))  # fmt: skip

@@ -95,7 +95,7 @@ def test_probability_scores_of_both_rewards():
     completion = "<think>plan</think>answer"
     strict = GuardOnlyReward(guard, safety_score="probability")(prompts=["q"], completions=[completion])
     assert strict == [pytest.approx(0.7 * 0.9)] and guard.calls[-1] == "moderate_safety"
-    loose = GuardOnlyReward(guard, policy="loose", safety_score="probability")(prompts=["q"], completions=["y"])
+    loose = GuardOnlyReward(guard, strictness="loose", safety_score="probability")(prompts=["q"], completions=["y"])
     assert loose == [pytest.approx(0.8)]
 
     class Helpful:
@@ -134,13 +134,13 @@ def test_safety_score_from_the_environment_and_the_registry(monkeypatch):
 
     monkeypatch.setenv("SAFE_RL_GUARD_MODEL", "some/guard")  # nothing loads until the first call
     assert reward_from_env("guard_only").safety_score == "label"
-    monkeypatch.setenv("SAFE_RL_SAFETY_SCORE", "probability")
+    monkeypatch.setenv("SAFE_RL_REWARD_SAFETY_SCORE", "probability")
     reward = reward_from_env("hybrid")
     assert reward.safety_score == "probability" and reward.guard.label_probabilities
     monkeypatch.setenv("SAFE_RL_GUARD_BASE_URL", "http://127.0.0.1:9/v1")
     with pytest.raises(ValueError, match="label probabilities"):
         reward_from_env("guard_only")
-    monkeypatch.setenv("SAFE_RL_SAFETY_SCORE", "logits")
-    with pytest.raises(ValueError, match="SAFE_RL_SAFETY_SCORE='logits'"):
+    monkeypatch.setenv("SAFE_RL_REWARD_SAFETY_SCORE", "logits")
+    with pytest.raises(ValueError, match="SAFE_RL_REWARD_SAFETY_SCORE='logits'"):
         reward_from_env("guard_only")
     assert get_reward("guard_only", guard_model="g", safety_score="probability").safety_score == "probability"

@@ -211,25 +211,25 @@ def test_the_breaker_pools_small_calls_and_can_be_turned_off():
 
 
 def test_the_breaker_is_set_by_environment(monkeypatch):
-    monkeypatch.setenv("SAFE_RL_UNJUDGED_LIMIT", "off")
+    monkeypatch.setenv("SAFE_RL_REWARD_UNJUDGED_LIMIT", "off")
     assert reward_from_env("guard_only", guard=ScriptedGuard()).breaker.limit is None
-    monkeypatch.setenv("SAFE_RL_UNJUDGED_LIMIT", "0.2")
-    monkeypatch.setenv("SAFE_RL_UNJUDGED_PATIENCE", "5")
+    monkeypatch.setenv("SAFE_RL_REWARD_UNJUDGED_LIMIT", "0.2")
+    monkeypatch.setenv("SAFE_RL_REWARD_UNJUDGED_PATIENCE", "5")
     breaker = reward_from_env("guard_only", guard=ScriptedGuard()).breaker
     assert (breaker.limit, breaker.patience) == (0.2, 5)
-    monkeypatch.setenv("SAFE_RL_UNJUDGED_LIMIT", "1.5")
-    with pytest.raises(SettingError, match="SAFE_RL_UNJUDGED_LIMIT"):
+    monkeypatch.setenv("SAFE_RL_REWARD_UNJUDGED_LIMIT", "1.5")
+    with pytest.raises(SettingError, match="SAFE_RL_REWARD_UNJUDGED_LIMIT"):
         reward_from_env("guard_only", guard=ScriptedGuard())
 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("SAFE_RL_UNSAFE_CAP", "abc"),
+        ("SAFE_RL_REWARD_UNSAFE_CAP", "abc"),
         ("SAFE_RL_GUARD_BATCH_SIZE", "x"),
-        ("SAFE_RL_POLICY", "lenient"),
-        ("SAFE_RL_JUDGE_THINKING", "maybe"),
-        ("SAFE_RL_UNJUDGED_PATIENCE", "0"),
+        ("SAFE_RL_REWARD_STRICTNESS", "lenient"),
+        ("SAFE_RL_REWARD_JUDGE_THINKING", "maybe"),
+        ("SAFE_RL_REWARD_UNJUDGED_PATIENCE", "0"),
         ("SAFE_RL_FAILURE_SCORE", "low"),
         ("SAFE_RL_COALESCE_WINDOW_MS", "soon"),
     ],
@@ -262,14 +262,12 @@ def test_score_exits_with_one_line_when_the_guard_cannot_load(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"prompt": "q", "response": "a"}\n')
     proc = subprocess.run(
-        [sys.executable, "-m", "safe_rl.cli", "score", str(rows), "-o", str(tmp_path / "out.jsonl"),
+        [sys.executable, "-m", "safe_rl.cli", "score", str(rows), "--output", str(tmp_path / "out.jsonl"),
          "--guard-model", str(tmp_path / "missing")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 1 and not (tmp_path / "out.jsonl").exists()
-    assert (
-        proc.stderr.strip().splitlines()[-1].startswith(f"safe-rl: error: cannot load the guard '{tmp_path}/missing'")
-    )
+    assert proc.returncode == 2 and not (tmp_path / "out.jsonl").exists()
+    assert proc.stderr.strip().splitlines()[-1] == f"error: no such guard folder: {tmp_path}/missing"
 
 
 def test_the_reward_server_answers_503_once_the_run_would_train_on_nothing():

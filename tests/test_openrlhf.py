@@ -82,7 +82,7 @@ def test_openrlhf_client_against_serve_reward(tmp_path, toy_models):  # noqa: F8
     tokenizer = AutoTokenizer.from_pretrained(toy_models.policy)
     rows = samples(tokenizer)
     assert any(p.endswith("<think>\n\n</think>\n\n") for _, _, p in rows)  # non-thinking prompts (Qwen3 template)
-    with serve_reward(tmp_path, "--reward", "hybrid", SAFE_RL_SERVE_API_KEY=KEY) as server:
+    with serve_reward(tmp_path, "--reward_kind", "hybrid", SAFE_RL_SERVE_API_KEY=KEY) as server:
         cold = server.wait_ready()
         url = f"http://openrlhf:{KEY}@127.0.0.1:{server.port}/get_reward"  # aiohttp sends it as HTTP Basic
         executor = SingleTurnAgentExecutor(remote_rm_url=url)

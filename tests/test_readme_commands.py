@@ -49,6 +49,12 @@ def how(command: str) -> str:
         return "script"
     if command.startswith("vllm serve"):
         return "vllm"
+    if command.startswith("python -m verl.trainer.main_ppo ... "):
+        return "verl"
+    if command.startswith("curl ") and command.endswith("/health"):
+        return "covered"  # a running serve-reward's health: tests/test_reward_server.py asks it, on loopback
+    if command.startswith("python -m openrlhf.cli.train_ppo_ray ... --reward.remote_url http://openrlhf:$KEY@"):
+        return "covered"  # OpenRLHF's own client with the key in the URL: tests/test_openrlhf.py
     if command.startswith("python -c "):
         return "run"
     if command.startswith("safe-rl "):
@@ -86,6 +92,22 @@ def _run_script(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", *words], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
+def _compose_verl(command: str) -> str:
+    """verl's own ``ppo_trainer.yaml`` composed by Hydra with the command's ``key=value`` overrides (the rest of a
+    real run's command line is the user's, hence the ``...``), and our function loaded from the configured path."""
+    import verl.trainer.main_ppo as main_ppo
+    from hydra import compose, initialize_config_dir
+
+    overrides = [word for word in shlex.split(command)[3:] if word != "..."]
+    folder = os.path.join(os.path.dirname(main_ppo.__file__), "config")
+    with initialize_config_dir(config_dir=folder, version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=overrides)
+    function = config.reward.custom_reward_function
+    module = importlib.import_module(function.path.removeprefix("pkg://"))
+    assert callable(getattr(module, function.name)), command
+    return f"{function.path}:{function.name} {dict(function.reward_kwargs)}"
+
+
 @pytest.mark.slow
 def test_readme_commands_run_as_written(tmp_path, monkeypatch, toy_models):  # noqa: F811
     from safe_rl.cli import app
@@ -103,6 +125,11 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, toy_models):  # n
             if importlib.util.find_spec("vllm") is None:
                 continue  # no CPU build of vLLM: an optional extra
             kind, command = "run", command.split()[0] + " serve --help"
+        if kind == "covered":
+            continue
+        if kind == "verl":
+            ran[command] = _compose_verl(command)
+            continue
         if kind == "script":
             proc = _run_script(command, tmp_path)
             assert proc.returncode == 0 and proc.stdout.startswith(("env ", "accelerate ")), (command, proc.stderr)

@@ -25,7 +25,9 @@ LIMIT = 4096
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     path = tmp_path_factory.mktemp("serve")
-    with serve_reward(path, "--reward", "guard_only", "--max-body-bytes", str(LIMIT), SAFE_RL_SERVE_API_KEY=KEY) as s:
+    with serve_reward(
+        path, "--reward_kind", "guard_only", "--max-body-bytes", str(LIMIT), SAFE_RL_SERVE_API_KEY=KEY
+    ) as s:
         yield s
 
 
@@ -97,8 +99,8 @@ def test_a_body_that_is_not_json_gets_400(server):
 def test_one_guard_concurrency_limit_for_all_requests(tmp_path):
     verdict = chat_completion("Safety: Safe\nCategories: None\nRefusal: No")
     with LoopbackServer(lambda body, n: (200, verdict), delay=0.05) as guard:
-        args = ("--reward", "guard_only", "--guard-base-url", guard.base_url, "--guard-model", "served-guard")
-        with serve_reward(tmp_path, *args, "--guard-concurrency", "3") as server:
+        args = ("--reward_kind", "guard_only", "--guard-base-url", guard.base_url, "--guard-model", "served-guard")
+        with serve_reward(tmp_path, *args, "--guard-max-concurrency", "3") as server:
             guard.peak = 0
             body = {"query": [PROMPT + f"Answer {i}.<|im_end|>" for i in range(5)], "prompts": [PROMPT] * 5}
             replies = []
@@ -127,14 +129,14 @@ def test_a_reward_that_cannot_start_exits_non_zero_naming_the_cause(tmp_path, br
         args, says = ("--guard-base-url", url, "--guard-model", "served-guard"), "cannot judge a probe sample"
     started = time.monotonic()
     proc = subprocess.run(
-        command("--reward", "guard_only", *args, port=free_port()),
+        command("--reward_kind", "guard_only", *args, port=free_port()),
         capture_output=True,
         text=True,
         env=run_env(),
         timeout=300,
     )
-    assert proc.returncode == 1
-    error = [line for line in proc.stderr.splitlines() if line.startswith("safe-rl: error:")]
+    assert proc.returncode == (2 if broken == "model" else 1)  # a configuration error; a probe that fails
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and says in error[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     print(json.dumps({"broken": broken, "seconds": round(time.monotonic() - started, 1)}))

@@ -103,8 +103,8 @@ def test_guard_only_table(completion, expected):
 
 
 def test_loose_policy_counts_controversial_as_safe():
-    assert GuardOnlyReward(ScriptedGuard(), policy="loose")(["p"], ["[contro]"]) == [1.0]
-    assert HybridReward(ScriptedGuard(), ConstantHelpfulness(3.0), policy="loose")(["p"], ["[contro]"]) == [3.0]
+    assert GuardOnlyReward(ScriptedGuard(), strictness="loose")(["p"], ["[contro]"]) == [1.0]
+    assert HybridReward(ScriptedGuard(), ConstantHelpfulness(3.0), strictness="loose")(["p"], ["[contro]"]) == [3.0]
 
 
 def test_helpfulness_below_the_cap_is_kept():
@@ -159,7 +159,7 @@ def test_constructor_validation():
     with pytest.raises(TypeError):
         HybridReward(ScriptedGuard(), object())
     with pytest.raises(ValueError):
-        GuardOnlyReward(ScriptedGuard(), policy="lenient")
+        GuardOnlyReward(ScriptedGuard(), strictness="lenient")
 
 
 def test_metrics_reach_log_metric_and_log_extra():
@@ -205,6 +205,6 @@ def test_env_presets_are_lazy_and_named(monkeypatch):
     assert rewards.hybrid_reward.__name__ == "hybrid_reward" and rewards.hybrid_reward._reward is None
     clone = pickle.loads(pickle.dumps(rewards.guard_only_reward))
     assert clone.__name__ == "guard_only_reward"
-    monkeypatch.setenv("SAFE_RL_POLICY", "lenient")
-    with pytest.raises(ValueError, match="SAFE_RL_POLICY='lenient'"):
+    monkeypatch.setenv("SAFE_RL_REWARD_STRICTNESS", "lenient")
+    with pytest.raises(ValueError, match="SAFE_RL_REWARD_STRICTNESS='lenient'"):
         rewards.presets.EnvReward("guard_only")(["p"], ["c"])

@@ -90,9 +90,9 @@ def test_resume_checks_the_input_and_retries_failures(tmp_path, models):
     mixed = CliRunner().invoke(app, ["score", str(other), "--output", str(out), *common, "--resume"])
     assert mixed.exit_code == 2 and mixed.output.startswith("error: ") and "input.sha256" in mixed.output
     assert "Traceback" not in mixed.output
-    loose = CliRunner().invoke(app, ["score", str(src), "--output", str(out), *common, "--reward_policy", "loose",
+    loose = CliRunner().invoke(app, ["score", str(src), "--output", str(out), *common, "--reward_strictness", "loose",
                                      "--resume"])  # fmt: skip
-    assert loose.exit_code == 2 and "settings.reward_policy: 'strict' -> 'loose'" in loose.output
+    assert loose.exit_code == 2 and "settings.reward_strictness: 'strict' -> 'loose'" in loose.output
     assert len(list(read_jsonl(out))) == 4  # nothing mixed in
     # every row failed (a random guard): --retry-failed judges them again, the rest of the input too
     assert run(src, "--output", out, *common, "--resume", "--retry-failed").exit_code == 0

@@ -145,7 +145,7 @@ def test_open_stream_matches_moderate(random_guard):
     inputs = [guard.prepare(c) for c in conversations]
     for x, c in zip(inputs, conversations, strict=True):
         assert guard.prompt_prefix(c[:-1]).ids == x.ids[: x.answer_start]
-    stream = guard.open_stream([c[:-1] for c in conversations], policy="loose")
+    stream = guard.open_stream([c[:-1] for c in conversations], strictness="loose")
     prompt_verdicts = guard.moderate([c[:-1] for c in conversations])
     assert [v.safety for v in stream.query_verdicts] == [v.safety for v in prompt_verdicts]
     answers = [x.ids[x.answer_start :] for x in inputs]

@@ -62,34 +62,34 @@ def stream_guard(tmp_path_factory, qwen_tokenizer_path, qwen_tokenizer, policy):
     return Qwen3GuardStream(str(folder), device="cpu"), unsafe, contro
 
 
-def _expected(rollout, unsafe, contro, policy_name):
+def _expected(rollout, unsafe, contro, strictness):
     labels = ["Unsafe" if t in unsafe else "Controversial" if t in contro else "Safe" for t in rollout]
     tracker_labels, stop = [], None
     for i, label in enumerate(labels):
         tracker_labels.append(label)
         safety, at = first_flag(tracker_labels)
-        if safety == "Unsafe" or (safety == "Controversial" and policy_name == "strict"):
+        if safety == "Unsafe" or (safety == "Controversial" and strictness == "strict"):
             stop = i
             break
     return stop, first_flag(tracker_labels)
 
 
-@pytest.mark.parametrize("policy_name", ["strict", "loose"])
-def test_generate_stops_at_the_first_flagged_token(policy, stream_guard, qwen_tokenizer, policy_name):
+@pytest.mark.parametrize("strictness", ["strict", "loose"])
+def test_generate_stops_at_the_first_flagged_token(policy, stream_guard, qwen_tokenizer, strictness):
     from transformers import StoppingCriteriaList
 
     from rewards.stream_rl import StreamStoppingCriteria
 
     model, inputs, kwargs, free = policy
     guard, unsafe, contro = stream_guard
-    stop = StreamStoppingCriteria(guard, PROMPTS, policy=policy_name, policy_tokenizer=qwen_tokenizer)
+    stop = StreamStoppingCriteria(guard, PROMPTS, strictness=strictness, policy_tokenizer=qwen_tokenizer)
     out = model.generate(**inputs, **kwargs, stopping_criteria=StoppingCriteriaList([stop]))
     generated = out[:, inputs["input_ids"].shape[1] :].tolist()
     verdicts = stop.verdicts()
     assert len(stop.query_verdicts) == 2
     for r, rollout in enumerate(free):
-        at, (safety, flagged_at) = _expected(rollout, unsafe, contro, policy_name)
-        if at is None:  # never flagged under this policy: the rollout runs to its end, as without the guard
+        at, (safety, flagged_at) = _expected(rollout, unsafe, contro, strictness)
+        if at is None:  # never flagged under this strictness: the rollout runs to its end, as without the guard
             assert generated[r][: len(rollout)] == rollout
             assert verdicts[r].answer_tokens == MAX_NEW
         else:  # ends right after the flagged token; generate pads the rest
@@ -102,7 +102,7 @@ def test_generate_stops_at_the_first_flagged_token(policy, stream_guard, qwen_to
     assert stop.flagged_at[0] == 6 and verdicts[0].category == "Violent"
     assert (verdicts[1].safety, stop.flagged_at[1]) == ("Controversial", 11)
     # once every rollout is flagged or finished, generate itself ends early
-    assert len(generated[0]) == (12 if policy_name == "strict" else MAX_NEW)
+    assert len(generated[0]) == (12 if strictness == "strict" else MAX_NEW)
 
 
 def test_stopping_criterion_checks_its_inputs(stream_guard, qwen_tokenizer):

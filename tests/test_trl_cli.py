@@ -84,7 +84,7 @@ def test_trl_grpo_cli_stops_instead_of_training_on_nothing(tmp_path):
         "rewards.guard_only_reward",
         SAFE_RL_GUARD_BASE_URL=url,
         SAFE_RL_GUARD_MODEL="served-guard",
-        SAFE_RL_UNJUDGED_PATIENCE="1",
+        SAFE_RL_REWARD_UNJUDGED_PATIENCE="1",
     )
     assert proc.returncode != 0
     assert "TrainingOnNothingError" in proc.stderr and "guard server" in proc.stderr, proc.stderr[-3000:]

@@ -12,14 +12,41 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
+from rewards.arguments import GuardArguments, SettingError, from_env
 from rewards.coalesce import DEFAULT_MAX_BATCH, DEFAULT_WINDOW, JudgeCoalescer
 from rewards.loading import LOAD_LOCK
-from rewards.presets import KINDS, SettingError, env_number, env_str, reward_from_env, shared_reward
+from rewards.presets import KINDS, reward_from_env, shared_reward
 from rewards.warmup import load_reward_models
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AdapterArguments:
+    """The adapters' own settings, read from ``SAFE_RL_<FIELD>`` like every other (`rewards.arguments.from_env`).
+
+    Example:
+        >>> from_env(AdapterArguments, {"SAFE_RL_COALESCE_WINDOW_MS": "2"}).coalesce_window_ms
+        2.0
+    """
+
+    failure_score: float | None = field(
+        default=None, metadata={"help": "Score of an unjudged sample (default: the unsafe cap, 0 for guard-only)."}
+    )
+    coalesce_window_ms: float = field(
+        default=DEFAULT_WINDOW * 1000, metadata={"help": "Per-sample calls within this many ms are judged together."}
+    )
+    coalesce_max_batch: int = field(default=DEFAULT_MAX_BATCH, metadata={"help": "Samples per coalesced batch."})
+
+    def __post_init__(self) -> None:
+        if self.coalesce_window_ms < 0:
+            raise ValueError(f"coalesce_window_ms must not be negative, got {self.coalesce_window_ms}")
+        if self.coalesce_max_batch < 1:
+            raise ValueError(f"coalesce_max_batch must be at least 1, got {self.coalesce_max_batch}")
+
 
 _REWARDS: dict[Any, Any] = {}
 _COALESCERS: dict[int, JudgeCoalescer] = {}
@@ -55,7 +82,7 @@ def get_reward_for(kind: str) -> Any:
         >>> get_reward_for("judge")
         Traceback (most recent call last):
         ...
-        rewards.presets.SettingError: reward must be one of ['guard_only', 'hybrid'], got 'judge'
+        rewards.arguments.SettingError: reward must be one of ['hybrid', 'guard_only'], got 'judge'
     """
     _check_kind(kind)
     return _REWARDS[kind] if kind in _REWARDS else shared_reward(kind)
@@ -73,11 +100,7 @@ def served_guard_name(tokenizer: Any) -> str:
         '/models/Qwen3Guard-Gen-4B'
     """
     name = getattr(tokenizer, "name_or_path", None)
-    if name:
-        return str(name)
-    from rewards.presets import DEFAULT_GUARD_MODEL
-
-    return env_str("SAFE_RL_GUARD_MODEL", DEFAULT_GUARD_MODEL)  # type: ignore[return-value]
+    return str(name) if name else from_env(GuardArguments).guard_model
 
 
 def get_routed_reward_for(kind: str, router_address: str, tokenizer: Any = None) -> Any:
@@ -98,15 +121,12 @@ def get_routed_reward_for(kind: str, router_address: str, tokenizer: Any = None)
     if key not in _REWARDS:
         with LOAD_LOCK:
             if key not in _REWARDS:
-                from rewards.guards.gen import Qwen3GuardGen
-
-                guard = Qwen3GuardGen(
-                    served_guard_name(tokenizer),
-                    base_url=f"http://{router_address}/v1",
-                    tokenizer=tokenizer,
-                    api_key=env_str("SAFE_RL_GUARD_API_KEY"),
-                    max_concurrency=env_number("SAFE_RL_GUARD_MAX_CONCURRENCY", 32, int),
+                served = from_env(
+                    GuardArguments,
+                    guard_model=served_guard_name(tokenizer),
+                    guard_base_url=f"http://{router_address}/v1",
                 )
+                guard = served.build(tokenizer=tokenizer)
                 logger.info("%s reward: guard %r behind the router at %s", kind, guard.model, router_address)
                 _REWARDS[key] = load_reward_models(reward_from_env(kind, guard=guard))
     return _REWARDS[key]
@@ -130,14 +150,10 @@ def coalescer_for(reward: Any) -> JudgeCoalescer:
         with _COALESCER_LOCK:
             coalescer = _COALESCERS.get(id(reward))
             if coalescer is None:
-                window_ms = env_number("SAFE_RL_COALESCE_WINDOW_MS", DEFAULT_WINDOW * 1000)
-                max_batch = env_number("SAFE_RL_COALESCE_MAX_BATCH", DEFAULT_MAX_BATCH, int)
-                if window_ms < 0 or max_batch < 1:
-                    raise SettingError(
-                        f"SAFE_RL_COALESCE_WINDOW_MS={window_ms} / SAFE_RL_COALESCE_MAX_BATCH={max_batch}: "
-                        "the window must be >= 0 and the batch >= 1"
-                    )
-                coalescer = JudgeCoalescer(reward, window=window_ms / 1000, max_batch=max_batch)
+                settings = from_env(AdapterArguments)
+                coalescer = JudgeCoalescer(
+                    reward, window=settings.coalesce_window_ms / 1000, max_batch=settings.coalesce_max_batch
+                )
                 _COALESCERS[id(reward)] = coalescer
     return coalescer
 
@@ -154,7 +170,8 @@ def failure_score(reward: Any, override: float | None = None) -> float:
     """
     if override is not None:
         return float(override)
-    return float(env_number("SAFE_RL_FAILURE_SCORE", float(getattr(reward, "unsafe_cap", 0.0))))
+    configured = from_env(AdapterArguments).failure_score
+    return float(configured if configured is not None else getattr(reward, "unsafe_cap", 0.0))
 
 
 def sample_logs(detail: Any) -> dict[str, float]:
@@ -168,7 +185,7 @@ def sample_logs(detail: Any) -> dict[str, float]:
     Rates over judged samples are ``sum(unsafe) / sum(judged)``; ``1 - mean(judged)`` is the failure rate.
 
     Example:
-        >>> from rewards.safety_rewards import RewardDetail
+        >>> from rewards.judgement import RewardDetail
         >>> sample_logs(RewardDetail(reward=-5.0, unsafe=False, refusal=True))
         {'judged': 1.0, 'unsafe': 0.0, 'refusal': 1.0}
         >>> sample_logs(RewardDetail(reward=None, failure="guard: timeout"))

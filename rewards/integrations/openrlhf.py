@@ -126,7 +126,7 @@ def reply(reward: Any, details: Sequence[Any], failure: float | None = None) -> 
     """OpenRLHF's reply for judged samples: numbers only, one per sample in every list.
 
     Example:
-        >>> from rewards.safety_rewards import RewardDetail
+        >>> from rewards.judgement import RewardDetail
         >>> reply(object(), [RewardDetail(reward=1.0, unsafe=False, refusal=False), RewardDetail(reward=None)])
         {'rewards': [1.0, 0.0], 'scores': [1.0, 0.0], 'extra_logs': {'judged': [1.0, 0.0], 'unsafe': [0.0, 0.0], 'refusal': [0.0, 0.0]}}
     """

@@ -2,7 +2,7 @@
 
 Prompts: WildJailbreak train, ``vanilla_harmful`` + ``adversarial_harmful`` (hub or a local file with the same
 columns; the ``data`` section of the training config, `DataArguments`). Rollout filter (report §3.5, ``--rollouts
-K``): K answers per prompt from the policy, judged by the guard (thinking and answer, strict policy); prompts whose
+K``): K answers per prompt from the policy, judged by the guard (thinking and answer, strict); prompts whose
 judged answers are all safe or all unsafe teach nothing to a group-relative method and are dropped (the paper kept
 13.7k prompts in think mode, 6.7k in non-think mode). Prompts with fewer than two readable judgements are dropped as
 ``unjudged``. Rollouts come from transformers or vLLM (``--vllm``) by `safe_rl.sampling`'s seeding rule: the batch
@@ -47,7 +47,7 @@ class PrepareArguments:
     policy: str = field(
         default=DEFAULT_POLICY, metadata={"help": "Policy for the rollouts: hub id, folder, toy:policy."}
     )
-    filter_policy: str = field(default="strict", metadata={"help": "strict (Controversial = unsafe) or loose."})
+    filter_strictness: str = field(default="strict", metadata={"help": "strict (Controversial = unsafe) or loose."})
     temperature: float | None = field(default=None, metadata={"help": "Default: Qwen3's recommendation per mode."})
     top_p: float | None = field(default=None, metadata={"help": "Default: Qwen3's recommendation per mode."})
     top_k: int | None = field(default=None, metadata={"help": "Top-k tokens only (0: all; default: Qwen3's, 20)."})
@@ -66,8 +66,8 @@ class PrepareArguments:
             )
         if self.prompts_per_batch < 1 or self.max_new_tokens < 1:
             raise ValueError("prompts_per_batch and max_new_tokens must be positive")
-        if self.filter_policy not in ("strict", "loose"):
-            raise ValueError(f"filter_policy must be strict or loose, got {self.filter_policy!r}")
+        if self.filter_strictness not in ("strict", "loose"):
+            raise ValueError(f"filter_strictness must be strict or loose, got {self.filter_strictness!r}")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --output, --overwrite deletes it: pass one")
         self.sampling(False)  # checks temperature, top-p and top-k now, before anything loads
@@ -102,7 +102,7 @@ class _Rollouts:
         from rewards.safety_rewards import GuardOnlyReward
 
         self.args = args
-        self.judge = GuardOnlyReward(guard.build(), policy=args.filter_policy)  # type: ignore[arg-type]
+        self.judge = GuardOnlyReward(guard.build(), strictness=args.filter_strictness)  # type: ignore[arg-type]
         self.options = args.sampling(data.data_think)
         self.system_prompt = data.data_system_prompt
         self._model: Any = None
@@ -151,13 +151,13 @@ def select_rows(args: PrepareArguments, data: DataArguments) -> list[dict[str, A
 
 
 def fingerprint(args: PrepareArguments, data: DataArguments, guard: GuardArguments, rows: list[dict]) -> dict:
-    """What rollouts.jsonl depends on: the selected prompts, the filter's policy, guard and sampling settings."""
+    """What rollouts.jsonl depends on: the selected prompts, the filter's strictness, guard and sampling settings."""
     from safe_rl.io import digest
 
     settings: dict[str, Any] = {"rollouts": args.rollouts, "think": data.data_think,
                                 "system_prompt": data.data_system_prompt}  # fmt: skip
     if args.rollouts:
-        settings.update(policy=args.policy, filter_policy=args.filter_policy, guard_model=guard.guard_model,
+        settings.update(policy=args.policy, filter_strictness=args.filter_strictness, guard_model=guard.guard_model,
                         sampling=asdict(args.sampling(data.data_think)))  # fmt: skip
     records = ((r["prompt"], r["data_type"], r["source_index"]) for r in rows)
     return {"input": {"source": data.data_source, "prompts": len(rows), "sha256": digest(records)},

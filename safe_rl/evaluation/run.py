@@ -39,7 +39,7 @@ RUN_FILE, RESPONSES_FILE, SAMPLES_FILE, METRICS_FILE, SUMMARY_FILE = (
 # What the answers depend on, and what the verdicts depend on besides the answers: a resumed run must repeat them.
 POLICY_SETTINGS = ("policy", "base_url", "responses", "think", "system_prompt", "temperature", "top_p", "top_k",
                    "max_new_tokens", "seed")  # fmt: skip
-JUDGE_SETTINGS = ("judge", "judge_model", "judge_policy", "judge_max_new_tokens", "judge_extra_body")
+JUDGE_SETTINGS = ("judge", "judge_model", "judge_strictness", "judge_max_new_tokens", "judge_extra_body")
 SECRETS = ("api_key", "judge_api_key")
 
 
@@ -101,7 +101,7 @@ class EvalConfig:
     judge_max_new_tokens: int | None = field(
         default=None, metadata={"help": "Judge answer limit (default per judge)."}
     )
-    judge_policy: str = field(default="strict", metadata={"help": "qwen3guard: strict|loose for Controversial."})
+    judge_strictness: str = field(default="strict", metadata={"help": "qwen3guard: strict|loose for Controversial."})
     judge_extra_body: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "llm judge: extra request fields (JSON on the command line)."}
     )
@@ -128,8 +128,8 @@ class EvalConfig:
             raise ValueError("the llm judge needs --judge-base-url and --judge-model (the served name)")
         if self.judge == "qwen3guard" and self.judge_max_new_tokens is not None:
             raise ValueError("judge_max_new_tokens does not apply to qwen3guard (it stops at the verdict's end)")
-        if self.judge_policy not in ("strict", "loose"):
-            raise ValueError(f"judge_policy must be strict or loose, got {self.judge_policy!r}")
+        if self.judge_strictness not in ("strict", "loose"):
+            raise ValueError(f"judge_strictness must be strict or loose, got {self.judge_strictness!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be positive, got {self.limit}")
         for name in ("samples", "batch_size", "judge_batch_size", "max_concurrency", "max_new_tokens"):
@@ -212,7 +212,7 @@ def build_judge(config: EvalConfig) -> Judge:
     if config.judge in ("wildguard", "qwen3guard"):
         kwargs.update(device=config.device, dtype=config.dtype, batch_size=config.judge_batch_size)
     if config.judge == "qwen3guard":
-        kwargs["policy"] = config.judge_policy
+        kwargs["strictness"] = config.judge_strictness
     if config.judge == "llm":
         kwargs["extra_body"] = config.judge_extra_body
     if config.judge_max_new_tokens is not None:

@@ -57,7 +57,7 @@ def eval_config(cfg: TrainConfig, name: str, policy: str) -> EvalConfig:
         benchmark=evaluation.evaluation_prompts,
         judge="toy" if evaluation.evaluation_judge == "toy" else "qwen3guard",
         judge_model=None if evaluation.evaluation_judge == "toy" else cfg.guard.guard_model,
-        judge_policy=cfg.reward.reward_policy,
+        judge_strictness=cfg.reward.reward_strictness,
         overwrite=True,  # a pass evaluates the model as it is now
         limit=evaluation.evaluation_max_prompts,
         samples=evaluation.evaluation_samples,
@@ -85,7 +85,7 @@ def evaluate(cfg: TrainConfig, name: str, policy: str, model: Any, tokenizer: An
         judge = make_judge("toy")
     else:
         judge = make_judge(
-            "qwen3guard", guard=guard, policy=config.judge_policy, batch_size=cfg.guard.guard_batch_size
+            "qwen3guard", guard=guard, strictness=config.judge_strictness, batch_size=cfg.guard.guard_batch_size
         )
     return run_eval(config, policy=answers, judge=judge)
 

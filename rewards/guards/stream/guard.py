@@ -24,7 +24,7 @@ from typing import Any
 from rewards.conversation import Conversation, prompt_messages
 from rewards.guards.base import dedupe
 from rewards.guards.stream.rule import FlagTracker
-from rewards.verdict import Policy, Verdict, check_policy, failed_verdict
+from rewards.verdict import Strictness, Verdict, check_strictness, failed_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class Qwen3GuardStream:
         prompts: Sequence[Any],
         *,
         thinking: bool = False,
-        policy: Policy = "strict",
+        strictness: Strictness = "strict",
         capacity: int = 512,
     ) -> Any:
         """A `StreamModeration` over one answer per prompt, its prompts already read (see ``query_verdicts``).
@@ -280,7 +280,7 @@ class Qwen3GuardStream:
         """
         from rewards.guards.stream.moderation import StreamModeration
 
-        check_policy(policy)
+        check_strictness(strictness)
         prefixes = [self.prompt_prefix(p, thinking=thinking) for p in prompts]
         net, labels, _, prompt = self._load()
         longest = max((len(p.ids) for p in prefixes), default=0)
@@ -288,7 +288,7 @@ class Qwen3GuardStream:
             net,
             labels,
             len(prefixes),
-            policy=policy,
+            strictness=strictness,
             max_tokens=prompt.max_input_tokens,
             capacity=max(capacity, longest + 64),
         )

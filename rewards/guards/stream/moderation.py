@@ -9,7 +9,7 @@ import torch
 from rewards.guards.stream.model import Qwen3GuardStreamModel, StreamLabels, label_distribution
 from rewards.guards.stream.rule import FlagTracker, query_verdict
 from rewards.guards.stream.session import StreamSession
-from rewards.verdict import Policy, Verdict, check_policy
+from rewards.verdict import Strictness, Verdict, check_strictness
 
 
 def read_query(
@@ -50,7 +50,7 @@ class StreamModeration:
 
     Args:
         net, labels: the loaded model and its label maps.
-        policy: "strict" (a Controversial pair also flags) or "loose" (only an Unsafe pair flags); decides `flagged`.
+        strictness: "strict" (a Controversial pair also flags) or "loose" (only an Unsafe pair flags); decides `flagged`.
         max_tokens: most tokens a stream may hold (prompt + answer); answer tokens beyond it are not judged and the
             verdict is marked ``truncated``.
         capacity: initial cache slots.
@@ -69,11 +69,11 @@ class StreamModeration:
         labels: StreamLabels,
         batch_size: int,
         *,
-        policy: Policy = "strict",
+        strictness: Strictness = "strict",
         max_tokens: int | None = None,
         capacity: int = 256,
     ):
-        self.policy = check_policy(policy)
+        self.strictness = check_strictness(strictness)
         self.labels = labels
         self.session = StreamSession(net, batch_size, capacity=capacity)
         self.max_tokens = max_tokens
@@ -109,7 +109,7 @@ class StreamModeration:
         return list(self.query_verdicts)
 
     def feed(self, tokens: Sequence[Sequence[int]]) -> list[bool]:
-        """Add answer tokens per stream; returns, per stream, whether its answer is now flagged under the policy."""
+        """Add answer tokens per stream; returns, per stream, whether its answer is now flagged under the strictness."""
         if not self._started:
             raise RuntimeError("call start() with the prompts first")
         if self.max_tokens is not None:
@@ -128,8 +128,8 @@ class StreamModeration:
         return self.flagged()
 
     def flagged(self) -> list[bool]:
-        """Per stream: the answer can no longer end up safe under the policy."""
-        return [t.flagged(self.policy) for t in self.trackers]
+        """Per stream: the answer can no longer end up safe under the strictness."""
+        return [t.flagged(self.strictness) for t in self.trackers]
 
     @property
     def flagged_at(self) -> list[int | None]:

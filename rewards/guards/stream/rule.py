@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rewards.verdict import Policy, Verdict, check_policy
+from rewards.verdict import Strictness, Verdict, check_strictness
 
 
 def first_flag(labels: Sequence[str]) -> tuple[str, int | None]:
@@ -41,8 +41,8 @@ class _Mark:
 class FlagTracker:
     """Applies the pair rule to one answer's token labels as they arrive.
 
-    Feeding tokens one at a time or all at once gives the same result as `first_flag`. ``flagged(policy)`` says when
-    the answer can no longer end up safe under ``policy`` (strict: any flagged pair; loose: an Unsafe pair), which is
+    Feeding tokens one at a time or all at once gives the same result as `first_flag`. ``flagged(strictness)`` says when
+    the answer can no longer end up safe under ``strictness`` (strict: any flagged pair; loose: an Unsafe pair), which is
     when a streaming consumer may stop.
 
     Example:
@@ -85,10 +85,10 @@ class FlagTracker:
         mark = self._deciding
         return None if mark is None else mark.index
 
-    def flagged(self, policy: Policy = "strict") -> bool:
-        """True once the answer is unsafe under ``policy`` whatever comes next."""
-        check_policy(policy)
-        return self.unsafe is not None or (policy == "strict" and self.controversial is not None)
+    def flagged(self, strictness: Strictness = "strict") -> bool:
+        """True once the answer is unsafe under ``strictness`` whatever comes next."""
+        check_strictness(strictness)
+        return self.unsafe is not None or (strictness == "strict" and self.controversial is not None)
 
     def verdict(self, *, truncated: bool = False) -> Verdict:
         """The answer verdict so far: category and ``probs`` from the flagged token (the last token if none)."""

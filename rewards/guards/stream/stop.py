@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria
 
-from rewards.verdict import Policy, Verdict, check_policy
+from rewards.verdict import Strictness, Verdict, check_strictness
 
 
 class StreamStoppingCriteria(StoppingCriteria):
@@ -27,7 +27,7 @@ class StreamStoppingCriteria(StoppingCriteria):
         guard: a `rewards.Qwen3GuardStream`.
         prompts: one prompt per batch row (text or chat messages), or one per prompt when ``generate`` expands each
             into ``num_return_sequences`` rows (each prompt is then repeated in place, as ``generate`` does).
-        policy: "strict" or "loose" (see above).
+        strictness: "strict" or "loose" (see above).
         thinking: the policy writes a ``<think>`` block itself (thinking-mode generation prompt); False when the
             generation prompt already holds the empty thinking block (``enable_thinking=False``).
         prompt_length: the width of the ``input_ids`` given to ``generate``; by default read off the first call.
@@ -50,7 +50,7 @@ class StreamStoppingCriteria(StoppingCriteria):
         guard: Any,
         prompts: Sequence[Any],
         *,
-        policy: Policy = "strict",
+        strictness: Strictness = "strict",
         thinking: bool = False,
         prompt_length: int | None = None,
         eos_token_id: int | Sequence[int] | None = None,
@@ -60,7 +60,7 @@ class StreamStoppingCriteria(StoppingCriteria):
             raise ValueError("prompts must not be empty")
         self.guard = guard
         self.prompts = list(prompts)
-        self.policy = check_policy(policy)
+        self.strictness = check_strictness(strictness)
         self.thinking = thinking
         self.prompt_length = prompt_length
         tokenizer = guard.guard_tokenizer
@@ -82,7 +82,7 @@ class StreamStoppingCriteria(StoppingCriteria):
             if rows % len(prompts):
                 raise ValueError(f"{len(prompts)} prompts for {rows} rows: give one per row or per prompt")
             prompts = [p for p in prompts for _ in range(rows // len(prompts))]
-        self.stream = self.guard.open_stream(prompts, thinking=self.thinking, policy=self.policy)
+        self.stream = self.guard.open_stream(prompts, thinking=self.thinking, strictness=self.strictness)
         self._seen = self.prompt_length if self.prompt_length is not None else input_ids.shape[1] - 1
         self._ended = [False] * rows
 
