@@ -122,7 +122,7 @@ def test_a_reward_that_cannot_start_exits_non_zero_naming_the_cause(tmp_path, br
     if broken == "model":
         args, says = (
             ("--guard-model", str(tmp_path / "no-such-guard")),
-            f"cannot load the guard '{tmp_path}/no-such-guard'",
+            f"no such guard folder: {tmp_path}/no-such-guard",
         )
     else:
         url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
