@@ -218,7 +218,7 @@ class ServerClient:
         try:
             left = max(deadline - asyncio.get_running_loop().time(), 0.0)
             return await asyncio.wait_for(self._apost(session, path, payload, attempts), left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return ServerError(
                 f"Timeout: no reply within total_timeout={self.total_timeout:g} s ({_attempts(attempts[0])} started)"
             )
@@ -226,7 +226,7 @@ class ServerClient:
     async def _attempt(self, session: httpx.AsyncClient, url: str, payload: Any) -> httpx.Response:
         try:
             return await asyncio.wait_for(session.post(url, json=payload), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AttemptTimeout(f"no complete reply within timeout={self.timeout:g} s") from None
 
     async def _apost(self, session: httpx.AsyncClient, path: str, payload: Any, counter: list[int]) -> Any:
